@@ -1,0 +1,30 @@
+# make test        - the test suite (creates .venv on first run; needs only Python 3.10+ and pip)
+# make test-compat - the T5/TSC tests again under transformers 4.30.2 (AUTOMATIC1111's pin)
+# make bench       - CPU benchmarks; prints a table and writes bench/results/*.json
+PYTHON ?= python3
+VENV := .venv
+COMPAT_VENV := .venv-compat
+PYTEST_ARGS ?=
+
+$(VENV)/.installed: requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	touch $@
+
+$(COMPAT_VENV)/.installed: requirements-compat.txt
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-compat.txt
+	touch $@
+
+.PHONY: test test-compat bench clean
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests
+
+test-compat: $(COMPAT_VENV)/.installed
+	$(COMPAT_VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests/test_t5.py tests/test_tsc.py tests/test_prompt_encoding.py
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python bench/run.py
+
+clean:
+	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache

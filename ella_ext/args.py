@@ -1,0 +1,216 @@
+"""The user's ELLA arguments: one typed object for the UI, the API and the infotext.
+
+The WebUI hands a script its UI values as a positional tuple (in `FIELDS` order). API clients
+send the same list, or a single dict ``{"enabled": true, "model": ..., ...}``. Generated images
+record the arguments in their infotext, and pasting the infotext restores them. All three go
+through `ELLAArgs`, which validates in one place and raises `ArgumentError` (HTTP 422) naming the
+field and the accepted values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping, Optional, Sequence
+
+from .discovery import check_name, strip_hash
+from .errors import ArgumentError, ModelPathError
+
+# canonical value -> label shown in the UI and written to the infotext
+LENGTH_MODES = {"flexible": "Flexible", "fixed": "Fixed 128"}
+CONDITIONING_MODES = {"ella": "ELLA only", "ella+clip": "ELLA + CLIP"}
+NEGATIVE_MODES = {"ella": "ELLA", "clip": "CLIP"}
+EMPHASIS_MODES = {"original": "Original", "no norm": "No norm", "ignore": "Ignore"}
+LONG_PROMPT_POLICIES = {"truncate": "Truncate to 128", "keep": "Keep"}
+
+_CHOICES = {
+    "length": LENGTH_MODES,
+    "mode": CONDITIONING_MODES,
+    "negative": NEGATIVE_MODES,
+    "emphasis": EMPHASIS_MODES,
+    "long_prompts": LONG_PROMPT_POLICIES,
+}
+
+FIXED_LENGTH = 128
+
+# infotext keys
+INFO_MODEL = "ELLA"
+INFO_T5 = "ELLA T5"
+INFO_LENGTH = "ELLA length"
+INFO_MODE = "ELLA mode"
+INFO_NEGATIVE = "ELLA negative"
+INFO_STEPS = "ELLA steps"
+INFO_EMPHASIS = "ELLA emphasis"
+INFO_LONG = "ELLA long prompts"
+INFO_TRUNCATED = "ELLA truncated"
+
+
+@dataclass(frozen=True)
+class ELLAArgs:
+    """ELLA's per-job arguments. Field order is the UI's component order (the API's positional order)."""
+
+    enabled: bool = False
+    model: str = ""
+    t5: str = ""
+    length: str = "flexible"
+    mode: str = "ella"
+    negative: str = "ella"
+    start: float = 0.0
+    end: float = 1.0
+    emphasis: str = "original"
+    long_prompts: str = "truncate"
+
+    # --- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_script_args(cls, args: Sequence[Any]) -> "ELLAArgs":
+        """From a script's argument slice: UI/positional values, or a dict as the first element."""
+        args = tuple(args)
+        if not args:
+            return cls()
+        if isinstance(args[0], Mapping):
+            return cls.from_dict(args[0])
+        names = cls.field_names()
+        if len(args) > len(names):
+            raise ArgumentError(
+                f"ELLA takes at most {len(names)} positional arguments ({', '.join(names)}), got {len(args)}. "
+                "Or pass one dict with named arguments."
+            )
+        values = dict(zip(names, args))
+        if not _as_bool(values.get("enabled", False), "enabled"):
+            return cls()  # disabled: the other UI values may be anything (e.g. no models installed yet)
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ELLAArgs":
+        names = cls.field_names()
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            raise ArgumentError(
+                f"Unknown ELLA argument(s) {', '.join(repr(k) for k in unknown)}; accepted: {', '.join(names)}."
+            )
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            values[key] = _normalise(key, value)
+        args = cls(**values)
+        args.validate()
+        return args
+
+    def validate(self) -> None:
+        if not (0.0 <= self.start < self.end <= 1.0):
+            raise ArgumentError(
+                f"ELLA 'start' ({self.start}) and 'end' ({self.end}) must satisfy 0 <= start < end <= 1 "
+                "(fractions of the sampling steps)."
+            )
+        if self.enabled:
+            for name, what in (("model", "ELLA model"), ("t5", "T5 encoder")):
+                try:
+                    check_name(getattr(self, name), what, name)
+                except ModelPathError as exc:
+                    raise ArgumentError(str(exc)) from None
+
+    # --- views ----------------------------------------------------------------------------------
+
+    @property
+    def fixed_length(self) -> Optional[int]:
+        return FIXED_LENGTH if self.length == "fixed" else None
+
+    @property
+    def truncate_at(self) -> Optional[int]:
+        return FIXED_LENGTH if self.long_prompts == "truncate" else None
+
+    def ui_values(self) -> list[Any]:
+        """Values for the UI components, in FIELDS order (labels for the radio buttons)."""
+        return [_CHOICES[f][getattr(self, f)] if f in _CHOICES else getattr(self, f) for f in self.field_names()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.field_names()}
+
+    def with_(self, **changes) -> "ELLAArgs":
+        new = replace(self, **{k: _normalise(k, v) for k, v in changes.items()})
+        new.validate()
+        return new
+
+    # --- infotext -------------------------------------------------------------------------------
+
+    def infotext(self, model_hash: Optional[str] = None) -> dict[str, str]:
+        """Generation-parameter entries; defaults of the optional fields are omitted."""
+        if not self.enabled:
+            return {}
+        info = {
+            INFO_MODEL: f"{self.model} [{model_hash}]" if model_hash else self.model,
+            INFO_T5: self.t5,
+            INFO_LENGTH: LENGTH_MODES[self.length],
+            INFO_MODE: CONDITIONING_MODES[self.mode],
+            INFO_NEGATIVE: NEGATIVE_MODES[self.negative],
+        }
+        if (self.start, self.end) != (0.0, 1.0):
+            info[INFO_STEPS] = f"{_fmt(self.start)}-{_fmt(self.end)}"
+        if self.emphasis != "original":
+            info[INFO_EMPHASIS] = EMPHASIS_MODES[self.emphasis]
+        if self.long_prompts != "truncate":
+            info[INFO_LONG] = LONG_PROMPT_POLICIES[self.long_prompts]
+        return info
+
+    @classmethod
+    def from_infotext(cls, params: Mapping[str, Any]) -> "ELLAArgs":
+        """From parsed generation parameters; an infotext without ELLA gives disabled defaults."""
+        if INFO_MODEL not in params:
+            return cls()
+        data: dict[str, Any] = {"enabled": True, "model": strip_hash(str(params[INFO_MODEL]))}
+        for key, field in ((INFO_T5, "t5"), (INFO_LENGTH, "length"), (INFO_MODE, "mode"),
+                           (INFO_NEGATIVE, "negative"), (INFO_EMPHASIS, "emphasis"), (INFO_LONG, "long_prompts")):
+            if key in params:
+                data[field] = str(params[key])
+        if INFO_STEPS in params:
+            text = str(params[INFO_STEPS])
+            try:
+                start, end = (float(x) for x in text.split("-", 1))
+            except ValueError:
+                raise ArgumentError(f"Infotext '{INFO_STEPS}: {text}' is not 'start-end' (e.g. 0-0.8).") from None
+            data.update(start=start, end=end)
+        return cls.from_dict(data)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ArgumentError(f"ELLA '{name}' must be true or false, got {value!r}.")
+
+
+def _normalise(name: str, value: Any) -> Any:
+    if name == "enabled":
+        return _as_bool(value, name)
+    if name in ("model", "t5"):
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise ArgumentError(f"ELLA '{name}' must be a model name (string), got {type(value).__name__}.")
+        return strip_hash(value) if name == "model" else value
+    if name in ("start", "end"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ArgumentError(f"ELLA '{name}' must be a number between 0 and 1, got {value!r}.")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ArgumentError(f"ELLA '{name}' must be a finite number between 0 and 1, got {value!r}.")
+        return value
+    choices = _CHOICES[name]
+    if isinstance(value, str):
+        wanted = value.strip().lower()
+        for canonical, label in choices.items():
+            if wanted in (canonical, label.lower()):
+                return canonical
+    accepted = ", ".join(f"'{c}'" for c in choices) + " (or the labels " + ", ".join(f"'{l}'" for l in choices.values()) + ")"
+    raise ArgumentError(f"ELLA '{name}' must be one of {accepted}, got {value!r}.")

@@ -1,0 +1,63 @@
+"""The one exception type users see.
+
+Every failure a user can cause or fix (a missing file, a bad argument, a model of the wrong
+family) raises an `ELLAError` whose message names the file or setting and says what to do.
+`status_code` and `detail` are instance attributes because the WebUI's API error handler reads
+them with `vars(exc)`: a bad request then comes back as HTTP 422 with the message, not a 500
+with a stack trace.
+"""
+
+from __future__ import annotations
+
+
+class ELLAError(Exception):
+    """A user-facing ELLA failure. The message says what is wrong and what to do."""
+
+    default_status = 500
+
+    def __init__(self, message: str, *, status_code: int | None = None):
+        super().__init__(message)
+        self.status_code = status_code if status_code is not None else self.default_status
+        self.detail = message
+
+
+class ModelFileError(ELLAError):
+    """The ELLA (TSC) weights file is missing, unreadable, not safetensors, or does not fit."""
+
+    default_status = 422
+
+
+class TextEncoderError(ELLAError):
+    """The T5 text-encoder folder is missing files, malformed, or does not fit."""
+
+    default_status = 422
+
+
+class ArgumentError(ELLAError):
+    """The user's ELLA arguments (UI, API payload, infotext) are invalid."""
+
+    default_status = 422
+
+
+class ModelPathError(ELLAError):
+    """A model name does not resolve to a file inside the configured model folders."""
+
+    default_status = 422
+
+
+class UnsupportedModelError(ELLAError):
+    """The loaded Stable Diffusion checkpoint cannot take ELLA conditioning (not SD1.x)."""
+
+    default_status = 422
+
+
+class DeviceError(ELLAError):
+    """The requested device or dtype cannot run the model."""
+
+    default_status = 500
+
+
+class ConditioningError(ELLAError):
+    """The sampler handed ELLA conditioning it cannot replace (row count, shape, type)."""
+
+    default_status = 500

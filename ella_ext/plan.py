@@ -1,0 +1,294 @@
+"""The per-job conditioning plan: which text each conditioning row uses at each step, and the
+TSC outputs that replace CLIP's conditioning.
+
+The WebUI lays out conditioning rows the same way in every backend: cond rows are image-major,
+one per AND sub-prompt of each image; uncond rows are one per image. Each row follows its own
+prompt schedule (prompt editing, alternation), indexed by the denoiser's own step counter.
+
+Before a sampling pass, `JobPlan.prepare` schedules every row, encodes each distinct scheduled
+text once (T5, through the feature cache) and does the TSC's timestep-independent work once for
+all of them (text projection and normalisation, padded into one batch with a key mask). At each
+denoiser call, `JobPlan.apply` computes the TSC only for the distinct (text, timestep) pairs it
+has not seen in this job, in one batched call, and lays the results out row for row. Cond and
+uncond rows share that call; a later batch with the same prompts and sampler reuses everything.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from .args import ELLAArgs
+from .errors import ConditioningError, ELLAError
+from .prompt_encoding import EncodedPrompt, PromptEncoder
+from .prompt_syntax import PromptSyntax, Schedule, strip_extra_networks, text_at_step
+from .tsc import TSC, PreparedText
+
+
+class Interrupted(ELLAError):
+    """The user interrupted the job while ELLA was encoding prompts."""
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """What the WebUI samples in one pass, as plain data (built by the backend adapter)."""
+
+    prompts: tuple[str, ...]  # per image, positive
+    negative_prompts: tuple[str, ...]  # per image
+    steps: int  # the steps the WebUI schedules prompts with (first pass: total steps of the sampler)
+    hires_steps: Optional[int] = None  # hires pass: its total steps (with `steps` = the first pass's)
+    use_old_scheduling: bool = False
+    name: str = "first pass"
+
+
+@dataclass
+class PassPlan:
+    spec: PassSpec
+    cond_rows: list[Schedule]  # per cond row: [(end_at_step, text)]
+    cond_row_image: list[int]  # image index of each cond row
+    uncond_rows: list[Schedule]  # per image
+    texts: list[str]  # distinct scheduled texts, in prepared-batch order
+    index: dict[str, int]
+    lengths: list[int]
+    prepared: PreparedText  # [len(texts), max length, width]
+    encoded: dict[str, EncodedPrompt]
+
+    def rows_at(self, step: int, with_uncond: bool) -> list[str]:
+        rows = [text_at_step(s, step) for s in self.cond_rows]
+        if with_uncond:
+            rows += [text_at_step(s, step) for s in self.uncond_rows]
+        return rows
+
+
+@dataclass
+class DenoiserCall:
+    """One cfg-denoiser callback, as plain data."""
+
+    step: int  # the denoiser's own step counter (what the WebUI schedules prompts with)
+    total_steps: int
+    timesteps: torch.Tensor  # U-Net timesteps: [N_c + B] (A1111), [B] (Forge/reForge) or [1]
+    text_cond: Any
+    text_uncond: Any  # None where the backend skips the negative half (Forge at CFG 1)
+
+
+@dataclass
+class JobStats:
+    tsc_calls: int = 0
+    tsc_rows: int = 0
+    reused_rows: int = 0
+    texts_encoded: int = 0
+    truncated_prompts: int = 0
+    steps_clip: int = 0
+    steps_ella: int = 0
+
+
+class OutputCache:
+    """TSC outputs of one job keyed by (text, t), bounded in bytes (LRU)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, float], torch.Tensor] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key):
+        v = self._items.get(key)
+        if v is not None:
+            self._items.move_to_end(key)
+        return v
+
+    def put(self, key, value: torch.Tensor) -> None:
+        size = value.numel() * value.element_size()
+        if key in self._items or size > self.max_bytes:
+            return
+        self._items[key] = value
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= old.numel() * old.element_size()
+
+    def __len__(self):
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+class JobPlan:
+    def __init__(
+        self,
+        args: ELLAArgs,
+        tsc: TSC,
+        prompt_encoder: PromptEncoder,
+        syntax: PromptSyntax,
+        *,
+        output_cache_bytes: int = 32 * 2**20,
+        interrupted: Callable[[], bool] = lambda: False,
+        after_encode: Callable[[], None] = lambda: None,
+    ):
+        self.args = args
+        self.tsc = tsc
+        self.prompt_encoder = prompt_encoder
+        self.syntax = syntax
+        self.interrupted = interrupted
+        self.after_encode = after_encode
+        self.outputs = OutputCache(output_cache_bytes)
+        self.stats = JobStats()
+        self._passes: dict[PassSpec, PassPlan] = {}
+        self._encoded: dict[str, EncodedPrompt] = {}
+
+    # --- before sampling ----------------------------------------------------------------------
+
+    def prepare(self, spec: PassSpec) -> PassPlan:
+        """Schedule every row, encode each distinct text once, prepare the TSC's text inputs."""
+        plan = self._passes.get(spec)
+        if plan is not None:
+            return plan
+        if len(spec.prompts) != len(spec.negative_prompts):
+            raise ConditioningError(
+                f"ELLA got {len(spec.prompts)} prompts but {len(spec.negative_prompts)} negative prompts for the {spec.name}."
+            )
+        sub_prompts: list[str] = []
+        cond_row_image: list[int] = []
+        for image, prompt in enumerate(spec.prompts):
+            for text, _weight in self.syntax.split_and(strip_extra_networks(prompt)):
+                sub_prompts.append(text)
+                cond_row_image.append(image)
+        negatives = [strip_extra_networks(n) for n in spec.negative_prompts]
+        schedules = self.syntax.schedules(sub_prompts + negatives, spec.steps, spec.hires_steps, spec.use_old_scheduling)
+        cond_rows, uncond_rows = schedules[: len(sub_prompts)], schedules[len(sub_prompts):]
+        if self.args.negative == "clip":
+            uncond_rows = []
+        texts = list(dict.fromkeys(t for rows in (cond_rows, uncond_rows) for s in rows for _, t in s))
+        try:
+            for text in texts:
+                if text not in self._encoded:
+                    if self.interrupted():
+                        raise Interrupted("ELLA: interrupted while encoding prompts.")
+                    enc = self.prompt_encoder.encode(text)
+                    self._encoded[text] = enc
+                    self.stats.texts_encoded += 1
+                    self.stats.truncated_prompts += int(enc.truncated)
+        finally:
+            self.after_encode()
+        encoded = {t: self._encoded[t] for t in texts}
+        prepared, lengths = self._prepare_text(texts, encoded)
+        plan = PassPlan(
+            spec=spec,
+            cond_rows=cond_rows,
+            cond_row_image=cond_row_image,
+            uncond_rows=uncond_rows,
+            texts=texts,
+            index={t: i for i, t in enumerate(texts)},
+            lengths=lengths,
+            prepared=prepared,
+            encoded=encoded,
+        )
+        self._passes[spec] = plan
+        return plan
+
+    def _prepare_text(self, texts: Sequence[str], encoded: dict[str, EncodedPrompt]) -> tuple[PreparedText, list[int]]:
+        feats = [encoded[t].features for t in texts]
+        lengths = [f.shape[0] for f in feats]
+        width = feats[0].shape[-1]
+        longest = max(lengths)
+        batch = feats[0].new_zeros((len(feats), longest, width))
+        for i, f in enumerate(feats):
+            batch[i, : f.shape[0]] = f
+        with torch.inference_mode():
+            prepared = self.tsc.prepare_text(batch, lengths=lengths)
+        return prepared, lengths
+
+    @property
+    def truncated(self) -> bool:
+        return any(e.truncated for e in self._encoded.values())
+
+    # --- at every denoiser call ---------------------------------------------------------------
+
+    def in_step_range(self, step: int, total_steps: int) -> bool:
+        if self.args.start <= 0.0 and self.args.end >= 1.0:
+            return True
+        fraction = step / max(total_steps, 1)
+        return self.args.start <= fraction <= self.args.end
+
+    def embeddings(self, plan: PassPlan, texts: Sequence[str], timesteps: torch.Tensor) -> torch.Tensor:
+        """TSC outputs [len(texts), num_latents, width] for rows (text, t); each distinct pair computed once per job."""
+        t_values = [float(v) for v in timesteps.detach().float().cpu().tolist()]
+        pairs = list(zip(texts, t_values))
+        missing = [p for p in dict.fromkeys(pairs) if self.outputs.get(p) is None]
+        computed: dict[tuple[str, float], torch.Tensor] = {}
+        if missing:
+            idx = [plan.index[text] for text, _ in missing]
+            longest = max(plan.lengths[i] for i in idx)
+            sel = plan.prepared.select(torch.tensor(idx, device=plan.prepared.normed.device))
+            mask = sel.key_mask[:, :longest] if sel.key_mask is not None else None
+            if mask is not None and bool(mask.all()):
+                mask = None
+            sel = PreparedText(sel.normed[:, :longest], mask)
+            t = torch.tensor([tv for _, tv in missing], dtype=torch.float32, device=self.tsc.device)
+            with torch.inference_mode():
+                out = self.tsc.forward_prepared(sel, t)
+            self.stats.tsc_calls += 1
+            self.stats.tsc_rows += len(missing)
+            for p, o in zip(missing, out):
+                computed[p] = o
+                self.outputs.put(p, o)
+        self.stats.reused_rows += len(pairs) - len(missing)
+        return torch.stack([computed[p] if p in computed else self.outputs.get(p) for p in pairs])
+
+    def row_timesteps(self, plan: PassPlan, t: torch.Tensor, with_uncond: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row timesteps (cond rows, uncond rows) from the sampler's t, expanded or per image."""
+        n_cond, batch = len(plan.cond_rows), len(plan.spec.prompts)
+        t = t.reshape(-1)
+        if t.numel() >= n_cond + batch and t.numel() in (n_cond + batch, n_cond + 2 * batch):
+            return t[:n_cond], t[n_cond: n_cond + batch]  # A1111: already expanded like the rows
+        if t.numel() == batch:
+            image = torch.tensor(plan.cond_row_image, device=t.device)
+            return t[image], t
+        if t.numel() == 1:
+            return t.expand(n_cond), t.expand(batch)
+        raise ConditioningError(
+            f"ELLA got {t.numel()} timesteps for {n_cond} cond rows and {batch} images; the sampler's batch layout is unknown."
+        )
+
+    def apply(self, plan: PassPlan, call: DenoiserCall) -> tuple[Any, Any]:
+        """New (text_cond, text_uncond) for one denoiser call; unchanged outside the step range."""
+        if not self.in_step_range(call.step, call.total_steps):
+            self.stats.steps_clip += 1
+            return call.text_cond, call.text_uncond
+        cond = call.text_cond
+        width = self.tsc.config.width
+        if not isinstance(cond, torch.Tensor) or cond.ndim != 3 or cond.shape[-1] != width:
+            shape = list(cond.shape) if hasattr(cond, "shape") else type(cond).__name__
+            raise ConditioningError(
+                f"ELLA replaces [rows, tokens, {width}] conditioning, but the sampler passed {shape}: the loaded model is "
+                "not an SD1.x model (or another extension changed the conditioning)."
+            )
+        if cond.shape[0] != len(plan.cond_rows):
+            raise ConditioningError(
+                f"ELLA expected {len(plan.cond_rows)} cond rows (prompts x AND sub-prompts) but the sampler has "
+                f"{cond.shape[0]}; another extension may have changed the prompts or batch."
+            )
+        use_uncond = self.args.negative == "ella" and call.text_uncond is not None
+        uncond = call.text_uncond
+        if use_uncond and (not isinstance(uncond, torch.Tensor) or uncond.shape[0] != len(plan.uncond_rows)):
+            raise ConditioningError(
+                f"ELLA expected {len(plan.uncond_rows)} negative rows, the sampler has "
+                f"{getattr(uncond, 'shape', type(uncond).__name__)}."
+            )
+        t_cond, t_uncond = self.row_timesteps(plan, call.timesteps, use_uncond)
+        texts = plan.rows_at(call.step, use_uncond)
+        t = torch.cat([t_cond, t_uncond]) if use_uncond else t_cond
+        out = self.embeddings(plan, texts, t).to(device=cond.device, dtype=cond.dtype)
+        n = len(plan.cond_rows)
+        new_cond = out[:n]
+        new_uncond = out[n:] if use_uncond else uncond
+        if self.args.mode == "ella+clip":
+            new_cond = torch.cat([new_cond, cond], dim=1)
+            if use_uncond:
+                new_uncond = torch.cat([new_uncond, uncond.to(device=cond.device, dtype=cond.dtype)], dim=1)
+        self.stats.steps_ella += 1
+        return new_cond, new_uncond

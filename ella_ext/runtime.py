@@ -1,0 +1,221 @@
+"""Process-wide ELLA state: the loaded TSC and T5, the feature cache, the settings.
+
+One `ELLARuntime` lives as long as the WebUI. The TSC (134 MB in fp16) stays resident on the
+compute device. T5 (about 2.8 GB in fp16) is loaded on first use and, between encodes, lives
+where the user's residency setting says: on the GPU, offloaded to CPU memory, or unloaded after
+each job. A `MemoryHooks` object lets each WebUI backend take part: Forge frees room through its
+own memory manager before T5 moves to the GPU; A1111 with --lowvram/--medvram forces offload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .args import ELLAArgs
+from .discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, resolve_ella_model, resolve_t5_encoder
+from .errors import ELLAError, ModelPathError
+from .feature_cache import FeatureCache
+from .prompt_encoding import PromptEncoder
+from .prompt_syntax import PromptSyntax
+from .t5 import T5TextEncoder, load_t5_encoder
+from .tsc import TSC, load_ella
+
+log = logging.getLogger("ella")
+
+RESIDENCIES = ("gpu", "cpu", "unload")
+
+
+@dataclass
+class Settings:
+    t5_precision: str = "auto"  # auto | fp16 | bf16 | fp32
+    t5_residency: str = "cpu"  # where T5 waits between encodes: gpu | cpu | unload (after each job)
+    cache_entries: int = 256
+    cache_mb: int = 512
+    cache_on_cpu: bool = True
+    tsc_output_cache_mb: int = 32
+    hub_download: bool = False
+
+
+class MemoryHooks:
+    """How the host manages device memory. The default suits plain PyTorch; backends override."""
+
+    def compute_device(self) -> torch.device:
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+    def tsc_dtype(self, device: torch.device) -> torch.dtype:
+        return torch.float16 if device.type == "cuda" else torch.float32
+
+    def make_room(self, nbytes: int, device: torch.device) -> None:
+        """Called before `nbytes` of model weights move to `device`."""
+
+    def released(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def force_offload(self) -> bool:
+        """True where the host runs in a low-memory mode and T5 must never wait on the GPU."""
+        return False
+
+
+@dataclass
+class LoadedTSC:
+    model: TSC
+    path: Path
+    key: tuple
+
+
+def file_key(path: Path) -> tuple:
+    st = path.stat()
+    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+class ELLARuntime:
+    def __init__(self, settings: Optional[Settings] = None, hooks: Optional[MemoryHooks] = None,
+                 hub_download: Optional[Callable[[str, Path], Path]] = None):
+        self.settings = settings or Settings()
+        self.hooks = hooks or MemoryHooks()
+        self.feature_cache = FeatureCache(self.settings.cache_entries, self.settings.cache_mb * 2**20)
+        self._hub_download = hub_download
+        self._tsc: Optional[LoadedTSC] = None
+        self._t5: Optional[T5TextEncoder] = None
+        self._t5_key: Optional[tuple] = None
+        self._hashes: dict[tuple, str] = {}
+        self._lock = threading.RLock()
+
+    # --- settings -------------------------------------------------------------------------------
+
+    def configure(self, settings: Settings) -> None:
+        """Apply changed settings; a T5 precision change unloads T5 (it reloads in the new dtype)."""
+        with self._lock:
+            if settings.t5_residency not in RESIDENCIES:
+                raise ELLAError(f"ELLA T5 residency '{settings.t5_residency}' is not one of {', '.join(RESIDENCIES)}.")
+            if settings.t5_precision != self.settings.t5_precision:
+                self.unload_text_encoder()
+            self.settings = settings
+            self.feature_cache.configure(max_entries=settings.cache_entries, max_bytes=settings.cache_mb * 2**20)
+
+    # --- models ---------------------------------------------------------------------------------
+
+    def resolve(self, args: ELLAArgs, roots: ModelRoots) -> tuple[Path, Path]:
+        """Paths of the chosen ELLA file and T5 folder; downloads the released ones if allowed and missing."""
+        return (
+            self._resolve_or_download(args.model, roots, resolve_ella_model, KNOWN_ELLA, "ella", roots.ella[0]),
+            self._resolve_or_download(args.t5, roots, resolve_t5_encoder, KNOWN_T5, "t5", roots.t5[0]),
+        )
+
+    def _resolve_or_download(self, name, roots, resolve, known, kind, target):
+        try:
+            return resolve(name, roots)
+        except ModelPathError:
+            if not (self.settings.hub_download and name == known and self._hub_download is not None):
+                raise
+        log.info("ELLA: downloading %s from the Hugging Face hub into %s", known, target)
+        self._hub_download(kind, target)
+        return resolve(name, roots)
+
+    def tsc(self, path: Path) -> TSC:
+        """The TSC for `path`, loaded once and kept resident (the previous one is released)."""
+        with self._lock, torch.inference_mode(False):
+            device = self.hooks.compute_device()
+            dtype = self.hooks.tsc_dtype(device)
+            key = (*file_key(path), str(device), dtype)
+            if self._tsc is None or self._tsc.key != key:
+                self._tsc = None
+                self._tsc = LoadedTSC(load_ella(path, device=device, dtype=dtype), path, key)
+            return self._tsc.model
+
+    def model_hash(self, path: Path) -> str:
+        """sha256 of the file, first 10 hex digits (the WebUI's short-hash convention); computed once."""
+        key = file_key(path)
+        with self._lock:
+            if key not in self._hashes:
+                h = hashlib.sha256()
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+                self._hashes[key] = h.hexdigest()[:10]
+            return self._hashes[key]
+
+    def text_encoder(self, folder: Path) -> T5TextEncoder:
+        """T5 ready to encode: loaded if needed and on the compute device."""
+        with self._lock, torch.inference_mode(False):
+            key = (os.path.realpath(folder), self.settings.t5_precision)
+            if self._t5 is not None and (self._t5_key != key or self._t5.folder.identity != _folder_identity(folder)):
+                self.unload_text_encoder()
+            device = self.hooks.compute_device()
+            if self._t5 is None:
+                log.info("ELLA: loading T5 encoder from %s", folder)
+                self._t5 = load_t5_encoder(folder, device="cpu", precision=self.settings.t5_precision)
+                self._t5_key = key
+            if self._t5.device != device:
+                self.hooks.make_room(self._t5.nbytes, device)
+                self._t5.to(device)
+            return self._t5
+
+    def text_encoder_identity(self, folder: Path) -> str:
+        return f"{_folder_identity(folder)}|{self.settings.t5_precision}"
+
+    def park_text_encoder(self) -> None:
+        """After encoding: move T5 off the GPU unless the residency setting keeps it there."""
+        with self._lock, torch.inference_mode(False):
+            if self._t5 is None:
+                return
+            keep = self.settings.t5_residency == "gpu" and not self.hooks.force_offload()
+            if not keep and self._t5.device.type != "cpu":
+                self._t5.to("cpu")
+                self.hooks.released()
+
+    def end_job(self) -> None:
+        """Between jobs T5 follows the residency setting; 'unload' frees it entirely."""
+        self.park_text_encoder()
+        if self.settings.t5_residency == "unload":
+            self.unload_text_encoder()
+
+    def unload_text_encoder(self) -> None:
+        with self._lock:
+            if self._t5 is not None:
+                self._t5 = None
+                self._t5_key = None
+                self.hooks.released()
+
+    def unload_all(self) -> None:
+        with self._lock:
+            self._tsc = None
+            self.unload_text_encoder()
+            self.feature_cache.clear()
+
+    @property
+    def loaded_text_encoder(self) -> Optional[T5TextEncoder]:
+        return self._t5
+
+    @property
+    def loaded_tsc(self) -> Optional[LoadedTSC]:
+        return self._tsc
+
+    # --- prompts --------------------------------------------------------------------------------
+
+    def prompt_encoder(self, args: ELLAArgs, t5_folder: Path, syntax: PromptSyntax) -> PromptEncoder:
+        return PromptEncoder(
+            encoder_factory=lambda: self.text_encoder(t5_folder),
+            encoder_identity=self.text_encoder_identity(t5_folder),
+            cache=self.feature_cache,
+            syntax=syntax,
+            fixed_length=args.fixed_length,
+            truncate_at=args.truncate_at,
+            emphasis=args.emphasis,
+            storage_device=torch.device("cpu") if self.settings.cache_on_cpu else None,
+        )
+
+
+def _folder_identity(folder: Path) -> str:
+    from .t5 import inspect_t5_folder
+
+    return inspect_t5_folder(folder).identity

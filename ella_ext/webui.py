@@ -1,0 +1,457 @@
+"""The WebUI backend adapter: the only library module that touches the WebUI's `modules`.
+
+It translates WebUI objects (the processing object `p`, the cfg-denoiser params, settings) into
+library calls, for AUTOMATIC1111 1.10, Forge and reForge. `modules` is imported inside functions
+only, so importing this module costs nothing at start-up and works without a WebUI (tests pass
+fake `modules`).
+
+Failing loudly: the WebUI logs and swallows exceptions raised by script hooks and callbacks and
+would go on to make plain CLIP images. So an ELLA job that cannot run records its error, the
+next denoiser call raises `ELLAAbort` (a BaseException, which the WebUI's `except Exception`
+handlers let through), and a guard installed on `p.sample` turns it back into the `ELLAError`,
+which the WebUI shows in the UI and the API returns (HTTP 422 for bad input).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import traceback
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from .args import ELLAArgs
+from .discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, list_ella_models, list_t5_encoders
+from .errors import ConditioningError, ELLAError, UnsupportedModelError
+from .plan import DenoiserCall, Interrupted, JobPlan, PassSpec
+from .prompt_syntax import BuiltinPromptSyntax, PromptSyntax
+from .timesteps import A1111, FORGE, REFORGE
+
+log = logging.getLogger("ella")
+
+JOB_ATTR = "_ella_job"
+SETTINGS_SECTION = ("ella", "ELLA")
+RESIDENCY_LABELS = {"gpu": "Keep on GPU", "cpu": "Offload to CPU", "unload": "Unload after each job"}
+
+
+class ELLAAbort(BaseException):
+    """Unwinds the sampler after an ELLA error; caught by the guard on `p.sample`.
+
+    A BaseException because the WebUI wraps callbacks in `except Exception`, which would log the
+    error and carry on with CLIP conditioning.
+    """
+
+
+def detect_backend() -> str:
+    if importlib.util.find_spec("ldm_patched") is not None:
+        return REFORGE
+    if importlib.util.find_spec("modules_forge") is not None:
+        return FORGE
+    return A1111
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+def memory_hooks(backend: str):
+    from .runtime import MemoryHooks
+
+    import torch
+
+    class WebUIMemory(MemoryHooks):
+        def compute_device(self):
+            from modules import devices
+
+            return torch.device(devices.device)
+
+        def tsc_dtype(self, device):
+            from modules import devices
+
+            # fp16 on CUDA as the authors run it, unless the user runs the WebUI in full precision.
+            if device.type == "cuda" and getattr(devices, "dtype", torch.float16) != torch.float32:
+                return torch.float16
+            return torch.float32
+
+        def released(self):
+            from modules import devices
+
+            devices.torch_gc()
+
+        def force_offload(self):
+            from modules import shared
+
+            opts = shared.cmd_opts
+            return bool(getattr(opts, "lowvram", False) or getattr(opts, "medvram", False))
+
+    class ForgeMemory(WebUIMemory):
+        def _mm(self):
+            if backend == FORGE:
+                from backend import memory_management
+            else:
+                from ldm_patched.modules import model_management as memory_management
+            return memory_management
+
+        def make_room(self, nbytes, device):
+            if device.type != "cpu":
+                self._mm().free_memory(int(nbytes * 1.2), device)
+
+        def released(self):
+            self._mm().soft_empty_cache()
+
+        def force_offload(self):
+            mm = self._mm()
+            state = getattr(mm, "vram_state", None)
+            return getattr(state, "name", "") in ("LOW_VRAM", "NO_VRAM")
+
+    return ForgeMemory() if backend in (FORGE, REFORGE) else WebUIMemory()
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+def register_settings() -> None:
+    """Settings tab, section "ELLA". Called from `on_ui_settings`."""
+    import gradio as gr
+    from modules import shared
+
+    section = SETTINGS_SECTION
+    options = {
+        "ella_model_dirs": shared.OptionInfo(
+            "", "Extra folders with ELLA models (one per line; models/ELLA is always searched)", gr.Textbox, {"lines": 2}, section=section
+        ),
+        "ella_t5_dirs": shared.OptionInfo(
+            "", "Extra folders with T5 encoder folders (one per line; models/ELLA/t5 is always searched)", gr.Textbox, {"lines": 2}, section=section
+        ),
+        "ella_t5_precision": shared.OptionInfo(
+            "auto", "T5 precision", gr.Radio, {"choices": ["auto", "fp16", "bf16", "fp32"]}, section=section
+        ).info("auto = fp16 as the ELLA authors ran it; fp32 where the device cannot run fp16"),
+        "ella_t5_residency": shared.OptionInfo(
+            RESIDENCY_LABELS["cpu"], "Where T5 waits between encodes", gr.Radio, {"choices": list(RESIDENCY_LABELS.values())}, section=section
+        ).info("offloading keeps about 2.8 GB of VRAM free during sampling"),
+        "ella_feature_cache_entries": shared.OptionInfo(
+            256, "T5 feature cache: prompts kept", gr.Slider, {"minimum": 0, "maximum": 4096, "step": 16}, section=section
+        ),
+        "ella_feature_cache_mb": shared.OptionInfo(
+            512, "T5 feature cache: size limit (MB, CPU memory)", gr.Slider, {"minimum": 0, "maximum": 8192, "step": 64}, section=section
+        ),
+        "ella_hub_download": shared.OptionInfo(
+            False, "Download the released ELLA model and T5 encoder from the Hugging Face hub when they are selected but missing", section=section
+        ),
+    }
+    for key, info in options.items():
+        shared.opts.add_option(key, info)
+
+
+def read_settings():
+    from modules import shared
+
+    from .runtime import Settings
+
+    o = shared.opts
+    label_to_residency = {v: k for k, v in RESIDENCY_LABELS.items()}
+    residency = getattr(o, "ella_t5_residency", RESIDENCY_LABELS["cpu"])
+    return Settings(
+        t5_precision=getattr(o, "ella_t5_precision", "auto"),
+        t5_residency=label_to_residency.get(residency, residency if residency in RESIDENCY_LABELS else "cpu"),
+        cache_entries=int(getattr(o, "ella_feature_cache_entries", 256)),
+        cache_mb=int(getattr(o, "ella_feature_cache_mb", 512)),
+        hub_download=bool(getattr(o, "ella_hub_download", False)),
+    )
+
+
+def model_roots() -> ModelRoots:
+    from modules import paths, shared
+
+    ella_dir = getattr(shared.cmd_opts, "ella_dir", None)
+    base = Path(ella_dir) if ella_dir else Path(paths.models_path) / "ELLA"
+    extra_ella = _lines(getattr(shared.opts, "ella_model_dirs", ""))
+    extra_t5 = _lines(getattr(shared.opts, "ella_t5_dirs", ""))
+    return ModelRoots(ella=(base, *extra_ella), t5=(base / "t5", *extra_t5))
+
+
+def _lines(text: str) -> list[Path]:
+    return [Path(line.strip()) for line in str(text or "").replace(",", "\n").splitlines() if line.strip()]
+
+
+# --- the WebUI's prompt parser ----------------------------------------------------------------
+
+class WebUIPromptSyntax:
+    """The WebUI's own prompt parser, so ELLA's text schedule is the one CLIP's conditioning uses."""
+
+    def __init__(self):
+        from modules import prompt_parser
+
+        self._pp = prompt_parser
+
+    def schedules(self, prompts, steps, hires_steps=None, use_old_scheduling=False):
+        raw = self._pp.get_learned_conditioning_prompt_schedules(list(prompts), steps, hires_steps, use_old_scheduling)
+        return [[(int(end), text) for end, text in s] for s in raw]
+
+    def split_and(self, prompt):
+        indexes, flat, _ = self._pp.get_multicond_prompt_list([prompt])
+        return [(flat[i], float(w)) for i, w in indexes[0]]
+
+    def parse_attention(self, text):
+        return [(t, float(w)) for t, w in self._pp.parse_prompt_attention(text)]
+
+
+def prompt_syntax() -> PromptSyntax:
+    try:
+        return WebUIPromptSyntax()
+    except Exception:  # a WebUI fork without these helpers: the built-in parser has the same semantics
+        log.warning("ELLA: the WebUI's prompt parser is not usable; using ELLA's own.", exc_info=True)
+        return BuiltinPromptSyntax()
+
+
+# --- per-job state ----------------------------------------------------------------------------
+
+@dataclass
+class ELLAJob:
+    """What ELLA knows about one processing job; lives on `p` as `p._ella_job`."""
+
+    args: ELLAArgs
+    owner: "weakref.ref[Any]"
+    plan: Optional[JobPlan] = None
+    error: Optional[ELLAError] = None
+    guards: dict[str, Any] = field(default_factory=dict)
+
+    def fail(self, exc: BaseException) -> ELLAError:
+        if self.error is None:
+            if isinstance(exc, ELLAError):
+                self.error = exc
+            else:
+                log.error("ELLA: unexpected error\n%s", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+                self.error = ELLAError(f"ELLA failed: {type(exc).__name__}: {exc}")
+        return self.error
+
+
+class _SampleGuard:
+    """Stands in for `p.sample` (an instance attribute, so only this job's `p` is affected)."""
+
+    def __init__(self, job: ELLAJob, original: Callable):
+        self.job = job
+        self.original = original
+
+    def __call__(self, *args, **kwargs):
+        if self.job.error is not None:
+            raise self.job.error
+        try:
+            return self.original(*args, **kwargs)
+        except ELLAAbort:
+            raise self.job.error or ELLAError("ELLA stopped the job.") from None
+
+
+def active_job(p) -> Optional[ELLAJob]:
+    job = getattr(p, JOB_ATTR, None) if p is not None else None
+    if job is None or job.owner() is not p:
+        return None  # a copy of another job's p (XYZ, ADetailer) or nothing: not ours
+    return job
+
+
+def clear_job(p) -> None:
+    """Remove ELLA's state and guards from `p` (also ones inherited by copying another job's p)."""
+    job = p.__dict__.pop(JOB_ATTR, None)
+    sample = p.__dict__.get("sample")
+    if isinstance(sample, _SampleGuard):
+        del p.__dict__["sample"]
+    if job is not None:
+        job.plan = None
+
+
+# --- the extension ----------------------------------------------------------------------------
+
+class ELLAExtension:
+    """The WebUI-facing logic; `scripts/ella.py` forwards its hooks here."""
+
+    def __init__(self, runtime=None, backend: Optional[str] = None, syntax: Optional[PromptSyntax] = None,
+                 roots: Optional[Callable[[], ModelRoots]] = None):
+        from .runtime import ELLARuntime
+        from .hub import hub_download
+
+        self.backend = backend or detect_backend()
+        self.runtime = runtime or ELLARuntime(hooks=memory_hooks(self.backend), hub_download=hub_download)
+        self._syntax = syntax
+        self._roots = roots or model_roots
+
+    @property
+    def syntax(self) -> PromptSyntax:
+        if self._syntax is None:
+            self._syntax = prompt_syntax()
+        return self._syntax
+
+    def roots(self) -> ModelRoots:
+        return self._roots()
+
+    # --- UI helpers ---
+
+    def model_choices(self) -> list[str]:
+        names = list_ella_models(self.roots())
+        if self.runtime.settings.hub_download and KNOWN_ELLA not in names:
+            names.append(KNOWN_ELLA)
+        return names
+
+    def t5_choices(self) -> list[str]:
+        names = list_t5_encoders(self.roots())
+        if self.runtime.settings.hub_download and KNOWN_T5 not in names:
+            names.append(KNOWN_T5)
+        return names
+
+    def refresh_settings(self) -> None:
+        try:
+            self.runtime.configure(read_settings())
+        except ELLAError as exc:
+            log.error("%s", exc)
+
+    # --- lifecycle ---
+
+    def process(self, p, script_args: Sequence[Any]) -> None:
+        clear_job(p)
+        try:
+            args = ELLAArgs.from_script_args(script_args)
+        except ELLAError as exc:
+            job = self._attach(p, ELLAArgs())
+            job.fail(exc)
+            return
+        if not args.enabled:
+            return
+        job = self._attach(p, args)
+        try:
+            self.refresh_settings()
+            check_model_family(p.sd_model)
+            ella_path, t5_path = self.runtime.resolve(args, self.roots())
+            from .t5 import inspect_t5_folder
+
+            inspect_t5_folder(t5_path)  # fail before sampling, not at the first encode
+            tsc = self.runtime.tsc(ella_path)
+            encoder = self.runtime.prompt_encoder(args, t5_path, self.syntax)
+            job.plan = JobPlan(
+                args,
+                tsc,
+                encoder,
+                self.syntax,
+                output_cache_bytes=self.runtime.settings.tsc_output_cache_mb * 2**20,
+                interrupted=_interrupted,
+                after_encode=self.runtime.park_text_encoder,
+            )
+            p.extra_generation_params.update(args.infotext(self.runtime.model_hash(ella_path)))
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                raise
+            job.fail(exc)
+
+    def _attach(self, p, args: ELLAArgs) -> ELLAJob:
+        job = ELLAJob(args=args, owner=weakref.ref(p))
+        setattr(p, JOB_ATTR, job)
+        p.sample = _SampleGuard(job, p.sample)
+        return job
+
+    def before_sampling(self, p) -> None:
+        """process_before_every_sampling: encode this pass's prompts before the sampler starts."""
+        job = active_job(p)
+        if job is None or job.error is not None or job.plan is None:
+            return
+        try:
+            check_model_family(p.sd_model)
+            job.plan.prepare(self.pass_spec(p))
+        except Interrupted:
+            return  # the sampler sees the interrupt itself and stops before the first step
+        except Exception as exc:
+            job.fail(exc)
+
+    def cfg_denoiser(self, params) -> None:
+        """on_cfg_denoiser: replace cond/uncond for ELLA jobs; costs one getattr for other jobs."""
+        denoiser = params.denoiser
+        p = getattr(denoiser, "p", None)
+        job = active_job(p)
+        if job is None:
+            return
+        if job.error is not None:
+            raise ELLAAbort()
+        try:
+            if job.plan is None:
+                raise ELLAError("ELLA was not set up for this job.")
+            plan = job.plan.prepare(self.pass_spec(p))
+            from .timesteps import unet_timesteps
+
+            t = unet_timesteps(self.backend, denoiser, params.sigma, getattr(p, "sd_model", None))
+            call = DenoiserCall(
+                step=int(denoiser.step),
+                total_steps=int(getattr(denoiser, "total_steps", None) or params.total_sampling_steps or 1),
+                timesteps=t,
+                text_cond=params.text_cond,
+                text_uncond=params.text_uncond,
+            )
+            params.text_cond, params.text_uncond = job.plan.apply(plan, call)
+        except Exception as exc:
+            job.fail(exc)
+            raise ELLAAbort() from None
+
+    def postprocess(self, p) -> None:
+        job = active_job(p)
+        if job is None:
+            return
+        if job.plan is not None:
+            if job.plan.truncated:
+                from .args import INFO_TRUNCATED
+
+                p.extra_generation_params[INFO_TRUNCATED] = True
+            s = job.plan.stats
+            log.info(
+                "ELLA: %d prompt texts encoded, %d TSC calls for %d rows (%d rows reused), %d steps ELLA, %d steps CLIP",
+                s.texts_encoded, s.tsc_calls, s.tsc_rows, s.reused_rows, s.steps_ella, s.steps_clip,
+            )
+        self.end_job(p)
+
+    def end_job(self, p) -> None:
+        clear_job(p)
+        self.runtime.end_job()
+
+    # --- WebUI objects -> library data ---
+
+    def pass_spec(self, p) -> PassSpec:
+        from modules import shared
+
+        old = bool(getattr(shared.opts, "use_old_scheduling", False))
+        if getattr(p, "is_hr_pass", False):
+            from modules import sd_samplers
+
+            steps = p.hr_second_pass_steps or p.steps
+            config = sd_samplers.find_sampler_config(p.hr_sampler_name or p.sampler_name)
+            hires_total = config.total_steps(steps) if config else steps
+            return PassSpec(
+                prompts=tuple(p.hr_prompts),
+                negative_prompts=tuple(p.hr_negative_prompts),
+                steps=int(p.firstpass_steps),
+                hires_steps=int(hires_total),
+                use_old_scheduling=old,
+                name="hires pass",
+            )
+        steps = getattr(p, "firstpass_steps", None) or p.steps
+        return PassSpec(
+            prompts=tuple(p.prompts),
+            negative_prompts=tuple(p.negative_prompts),
+            steps=int(steps),
+            use_old_scheduling=old,
+        )
+
+
+def _interrupted() -> bool:
+    from modules import shared
+
+    st = shared.state
+    return bool(st.interrupted or st.skipped or getattr(st, "stopping_generation", False))
+
+
+def check_model_family(sd_model) -> None:
+    """Only SD1.x models take ELLA's 64x768 conditioning; refuse others by name before sampling."""
+    flags = {name: getattr(sd_model, name, None) for name in ("is_sd1", "is_sd2", "is_sdxl", "is_sd3", "is_ssd")}
+    other = [name[3:].upper() for name in ("is_sdxl", "is_sd2", "is_sd3", "is_ssd") if flags[name]]
+    if other or flags["is_sd1"] is False:
+        info = getattr(sd_model, "sd_checkpoint_info", None)
+        title = getattr(info, "title", None) or getattr(info, "name", None) or type(sd_model).__name__
+        family = other[0] if other else "not SD1.x"
+        raise UnsupportedModelError(
+            f"ELLA works only with SD1.x checkpoints (its TSC outputs 768-wide tokens), but the loaded model "
+            f"'{title}' is {family}. Load an SD1.5-family checkpoint or disable ELLA."
+        )

@@ -1,0 +1,106 @@
+"""ELLA for the WebUI: the accordion on txt2img/img2img and the hooks that drive `ella_ext`.
+
+Everything but the UI lives in `ella_ext` (see `ella_ext/webui.py` for the WebUI adapter).
+"""
+
+import gradio as gr
+
+from modules import script_callbacks, scripts
+
+from ella_ext.args import (
+    CONDITIONING_MODES,
+    ELLAArgs,
+    EMPHASIS_MODES,
+    INFO_MODEL,
+    LENGTH_MODES,
+    LONG_PROMPT_POLICIES,
+    NEGATIVE_MODES,
+)
+from ella_ext.webui import ELLAExtension, register_settings
+
+try:
+    from modules.ui_components import InputAccordion
+except ImportError:  # pragma: no cover - every supported WebUI has it
+    InputAccordion = None
+
+EXTENSION = ELLAExtension()
+
+
+class ELLAScript(scripts.Script):
+    sorting_priority = 15  # Forge/reForge: near ControlNet; A1111 ignores it
+
+    def title(self):
+        return "ELLA"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        from modules.ui_common import create_refresh_button
+
+        EXTENSION.refresh_settings()
+        defaults = ELLAArgs()
+        models = EXTENSION.model_choices()
+        encoders = EXTENSION.t5_choices()
+        with InputAccordion(False, label="ELLA", elem_id=self.elem_id("enabled")) as enabled:
+            with gr.Row():
+                model = gr.Dropdown(label="ELLA model", choices=models, value=models[0] if models else None,
+                                    elem_id=self.elem_id("model"))
+                create_refresh_button(model, lambda: None, lambda: {"choices": EXTENSION.model_choices()},
+                                      self.elem_id("model_refresh"))
+                t5 = gr.Dropdown(label="T5 encoder", choices=encoders, value=encoders[0] if encoders else None,
+                                 elem_id=self.elem_id("t5"))
+                create_refresh_button(t5, lambda: None, lambda: {"choices": EXTENSION.t5_choices()},
+                                      self.elem_id("t5_refresh"))
+            with gr.Row():
+                length = gr.Radio(label="Token length", choices=list(LENGTH_MODES.values()),
+                                  value=LENGTH_MODES[defaults.length], elem_id=self.elem_id("length"))
+                mode = gr.Radio(label="Conditioning", choices=list(CONDITIONING_MODES.values()),
+                                value=CONDITIONING_MODES[defaults.mode], elem_id=self.elem_id("mode"))
+                negative = gr.Radio(label="Negative prompt through", choices=list(NEGATIVE_MODES.values()),
+                                    value=NEGATIVE_MODES[defaults.negative], elem_id=self.elem_id("negative"))
+            with gr.Row():
+                start = gr.Slider(label="ELLA start", minimum=0.0, maximum=1.0, step=0.01, value=defaults.start,
+                                  elem_id=self.elem_id("start"))
+                end = gr.Slider(label="ELLA end", minimum=0.0, maximum=1.0, step=0.01, value=defaults.end,
+                                elem_id=self.elem_id("end"))
+            with gr.Row():
+                emphasis = gr.Radio(label="Prompt emphasis", choices=list(EMPHASIS_MODES.values()),
+                                    value=EMPHASIS_MODES[defaults.emphasis], elem_id=self.elem_id("emphasis"))
+                long_prompts = gr.Radio(label="Prompts over 128 T5 tokens", choices=list(LONG_PROMPT_POLICIES.values()),
+                                        value=LONG_PROMPT_POLICIES[defaults.long_prompts],
+                                        elem_id=self.elem_id("long_prompts"))
+
+        components = [enabled, model, t5, length, mode, negative, start, end, emphasis, long_prompts]
+        self.infotext_fields = [
+            (component, _infotext_field(index)) for index, component in enumerate(components)
+        ]
+        return components
+
+    def process(self, p, *args):
+        EXTENSION.process(p, args)
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        EXTENSION.before_sampling(p)
+
+    def postprocess(self, p, processed, *args):
+        EXTENSION.postprocess(p)
+
+
+def _infotext_field(index):
+    """Paste callback for one component: its value from pasted generation parameters."""
+
+    def read(params):
+        if index and INFO_MODEL not in params:
+            return None  # no ELLA in this infotext: only the checkbox changes (to off)
+        try:
+            return ELLAArgs.from_infotext(params).ui_values()[index]
+        except Exception:  # a malformed ELLA entry: leave the component as it is
+            return None
+
+    return read
+
+
+script_callbacks.on_cfg_denoiser(EXTENSION.cfg_denoiser, name="ella")
+script_callbacks.on_ui_settings(register_settings)
+script_callbacks.on_script_unloaded(EXTENSION.runtime.unload_all)

@@ -1,0 +1,258 @@
+"""T5 loads from every folder layout users have, encodes like transformers, and fails clearly."""
+
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+
+import factories
+from ella_ext import DeviceError, TextEncoderError
+from ella_ext import t5 as t5mod
+from ella_ext.t5 import inspect_t5_folder, load_t5_encoder
+
+PROMPTS = factories.dpg_prompts(5) + ["a red cube", ""]
+
+
+@pytest.mark.parametrize("layout", ["ella", "checkout", "encoder-file"])
+def test_each_layout_matches_transformers(t5_folders, layout):
+    folder, full = t5_folders[layout]
+    config = json.loads((folder / "config.json").read_text())
+    reference = factories.reference_t5_encoder(full, config)
+    encoder = load_t5_encoder(folder, precision="fp32")
+    assert encoder.dtype == torch.float32
+    for prompt in PROMPTS:
+        tokens = encoder.tokenize(prompt)
+        assert tokens.ids[-1] == 1  # </s> appended (add_special_tokens=True)
+        out = encoder.encode(tokens)
+        ref = reference(input_ids=torch.tensor([tokens.ids])).last_hidden_state
+        assert out.shape == (1, len(tokens.ids), 32)
+        assert torch.allclose(out, ref, atol=1e-5), (layout, prompt, (out - ref).abs().max())
+
+
+def test_checkout_never_reads_the_decoder(t5_folders, monkeypatch):
+    import safetensors
+
+    folder, _ = t5_folders["checkout"]
+    opened = []
+    real_open = safetensors.safe_open
+
+    def spy(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors, "safe_open", spy)
+    encoder = load_t5_encoder(folder, precision="fp32")
+    assert opened and not any(p.endswith("model-00003-of-00003.safetensors") for p in opened), opened
+    names = [n for n, _ in encoder.model.named_parameters()]
+    assert names and not any("decoder" in n or "lm_head" in n for n in names)
+    assert inspect_t5_folder(folder).layout == "encoder-decoder"
+    assert [f.name for f in inspect_t5_folder(folder).weight_files] == [
+        "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors"]
+
+
+def test_embeddings_are_tied(t5_folder):
+    encoder = load_t5_encoder(t5_folder, precision="fp32")
+    assert encoder.model.encoder.embed_tokens.weight is encoder.model.shared.weight
+
+
+def test_fixed_length_pads_to_128_and_keeps_real_tokens(t5_folder):
+    encoder = load_t5_encoder(t5_folder, precision="fp32")
+    flexible = encoder.tokenize("a red cube on a table")
+    fixed = encoder.tokenize("a red cube on a table", fixed_length=128)
+    assert len(fixed.ids) == 128 and fixed.n_real == len(flexible.ids)
+    assert fixed.ids[: len(flexible.ids)] == flexible.ids and set(fixed.ids[len(flexible.ids):]) == {0}
+    a, b = encoder.encode(flexible), encoder.encode(fixed)
+    assert b.shape == (1, 128, 32)
+    # T5 masks its padding, so the real tokens' features match; the padding rows are not zero
+    assert torch.allclose(a[0], b[0, : a.shape[1]], atol=1e-5)
+    assert b[0, a.shape[1]:].abs().sum() > 0
+
+
+def test_long_prompt_truncation(t5_folder):
+    encoder = load_t5_encoder(t5_folder, precision="fp32")
+    long = " ".join(factories.dpg_prompts(3))
+    full = encoder.tokenize(long)
+    assert len(full.ids) > 128 and not full.truncated
+    cut = encoder.tokenize(long, truncate_at=128)
+    assert len(cut.ids) == 128 and cut.truncated and cut.ids[-1] == 1
+    assert not encoder.tokenize("short", truncate_at=128).truncated
+
+
+def test_offsets_map_tokens_to_text(t5_folder):
+    encoder = load_t5_encoder(t5_folder, precision="fp32")
+    text = "a glossy red vase"
+    tokens = encoder.tokenize(text)
+    assert tokens.offsets is not None and len(tokens.offsets) == len(tokens.ids)
+    real = [(a, b) for (a, b), m in zip(tokens.offsets, tokens.attention_mask) if b > a]
+    assert [a for a, _ in real] == sorted(a for a, _ in real) and all(0 <= a < b <= len(text) for a, b in real)
+    covered = {i for a, b in real for i in range(a, b)}
+    assert covered == {i for i, c in enumerate(text) if c != " "}  # every character belongs to a token
+
+
+def test_auto_precision_is_fp16_where_supported(t5_folder):
+    encoder = load_t5_encoder(t5_folder, precision="auto")
+    assert encoder.dtype == torch.float16
+    assert all(p.dtype == torch.float16 for p in encoder.model.parameters())  # 'wo' included, as the authors cast
+    out = encoder.encode(encoder.tokenize("a red cube"))
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+
+
+def test_auto_falls_back_to_fp32_and_says_so_once(t5_folder, monkeypatch, caplog):
+    monkeypatch.setattr(t5mod, "half_dtype_runs_on", lambda device: False)
+    monkeypatch.setattr(t5mod, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="ella"):
+        a = load_t5_encoder(t5_folder, precision="auto")
+        b = load_t5_encoder(t5_folder, precision="auto")
+    assert a.dtype == b.dtype == torch.float32
+    assert sum("cannot run fp16" in r.message for r in caplog.records) == 1
+    with pytest.raises(DeviceError, match="fp16"):
+        load_t5_encoder(t5_folder, precision="fp16")
+
+
+def test_bf16_and_bad_precision(t5_folder):
+    assert load_t5_encoder(t5_folder, precision="bf16").dtype == torch.bfloat16
+    with pytest.raises(TextEncoderError, match="precision 'fp8'"):
+        load_t5_encoder(t5_folder, precision="fp8")
+
+
+def test_fp16_overflow_is_reencoded_in_fp32(tmp_path, caplog, monkeypatch):
+    folder = tmp_path / "overflow"
+    full = factories.write_t5_folder(folder, "ella")
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    state["encoder.final_layer_norm.weight"] = torch.full_like(state["encoder.final_layer_norm.weight"], 30000.0)
+    save_file(state, str(folder / "model.safetensors"))
+    monkeypatch.setattr(t5mod, "_warned", set())
+    encoder = load_t5_encoder(folder, precision="fp16")
+    with caplog.at_level(logging.WARNING, logger="ella"):
+        out = encoder.encode(encoder.tokenize("a red cube on a glossy table"))
+    assert torch.isfinite(out).all() and out.abs().max() > 65504  # needed fp32
+    assert any("re-encoding it in fp32" in r.message for r in caplog.records)
+    assert all(p.dtype == torch.float16 for p in encoder.model.parameters())  # back to fp16 afterwards
+
+
+# --- bad folders --------------------------------------------------------------------------------
+
+def copy_folder(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_missing_folder_and_file_instead(tmp_path, t5_folder):
+    with pytest.raises(TextEncoderError, match="does not exist"):
+        load_t5_encoder(tmp_path / "nope")
+    with pytest.raises(TextEncoderError, match="is a file"):
+        load_t5_encoder(t5_folder / "config.json")
+
+
+def test_missing_config(tmp_path, t5_folder):
+    folder = copy_folder(t5_folder, tmp_path / "f")
+    (folder / "config.json").unlink()
+    with pytest.raises(TextEncoderError, match="has no config.json"):
+        load_t5_encoder(folder)
+
+
+def test_browser_prefixed_files_get_a_rename_hint(tmp_path, t5_folder):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    prefix = "models--google--flan-t5-xl--text_encoder_"
+    for f in t5_folder.iterdir():
+        shutil.copy(f, folder / (prefix + f.name))
+    with pytest.raises(TextEncoderError, match=f"prefix '{prefix}'.*rename"):
+        load_t5_encoder(folder)
+
+
+def test_missing_tokenizer(tmp_path, t5_folder):
+    folder = copy_folder(t5_folder, tmp_path / "f")
+    (folder / "tokenizer.json").unlink()
+    (folder / "spiece.model").unlink()
+    with pytest.raises(TextEncoderError, match="no tokenizer"):
+        load_t5_encoder(folder)
+
+
+def test_broken_tokenizer_file(tmp_path, t5_folder):
+    folder = copy_folder(t5_folder, tmp_path / "f")
+    (folder / "tokenizer.json").write_text("{broken")
+    (folder / "spiece.model").write_bytes(b"not a sentencepiece model")
+    with pytest.raises(TextEncoderError, match="tokenizer .* could not be loaded"):
+        load_t5_encoder(folder)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "not a JSON object"),
+        (json.dumps({"model_type": "bert", "d_model": 32}), "describes a 'bert' model"),
+        (json.dumps({"model_type": "t5"}), "no valid 'd_model'"),
+    ],
+)
+def test_bad_config(tmp_path, t5_folder, config, message):
+    folder = copy_folder(t5_folder, tmp_path / "f")
+    (folder / "config.json").write_text(config)
+    with pytest.raises(TextEncoderError, match=message):
+        load_t5_encoder(folder)
+
+
+def test_mismatched_config_names_the_problem(tmp_path, t5_folder):
+    folder = copy_folder(t5_folder, tmp_path / "f")
+    config = json.loads((folder / "config.json").read_text())
+    config["d_model"] = 64
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TextEncoderError, match=r"other shapes than its config.json.*shared.weight"):
+        load_t5_encoder(folder)
+    config["d_model"], config["num_layers"] = 32, 3
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TextEncoderError, match=r"do not match its config.json \(missing .*block.2"):
+        load_t5_encoder(folder)
+
+
+def test_only_pickle_weights_refused(tmp_path, t5_folder):
+    folder = copy_folder(t5_folder, tmp_path / "f")
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(TextEncoderError, match="only pickle weights"):
+        load_t5_encoder(folder)
+
+
+def test_duplicate_weights_refused(tmp_path, t5_folder):
+    folder = copy_folder(t5_folder, tmp_path / "f")
+    shutil.copy(folder / "model.safetensors", folder / "copy.safetensors")
+    with pytest.raises(TextEncoderError, match="in both"):
+        load_t5_encoder(folder)
+
+
+def test_missing_shard(tmp_path, t5_folders):
+    folder = copy_folder(t5_folders["checkout"][0], tmp_path / "f")
+    (folder / "model-00002-of-00003.safetensors").unlink()
+    with pytest.raises(TextEncoderError, match="missing weight shards 'model-00002-of-00003"):
+        load_t5_encoder(folder)
+
+
+def test_truncated_weights(tmp_path, t5_folder):
+    folder = copy_folder(t5_folder, tmp_path / "f")
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) - 100])
+    with pytest.raises(TextEncoderError, match="truncated"):
+        load_t5_encoder(folder)
+
+
+def test_remote_code_in_config_is_never_run(tmp_path, t5_folder):
+    folder = copy_folder(t5_folder, tmp_path / "f")
+    marker = tmp_path / "pwned"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "evil.EvilModel", "AutoConfig": "evil.EvilConfig"}
+    config["trust_remote_code"] = True
+    (folder / "config.json").write_text(json.dumps(config))
+    encoder = load_t5_encoder(folder, precision="fp32")
+    assert type(encoder.model).__name__ == "T5EncoderModel"
+    assert not marker.exists()
+
+
+def test_good_folder_loads_after_bad_ones(tmp_path, t5_folder):
+    with pytest.raises(TextEncoderError):
+        load_t5_encoder(tmp_path / "missing")
+    assert load_t5_encoder(t5_folder, precision="fp32").encode(load_t5_encoder(t5_folder).tokenize("x")).shape[0] == 1
