@@ -244,7 +244,7 @@ class _SampleGuard:
 
 def active_job(p) -> Optional[ELLAJob]:
     job = getattr(p, JOB_ATTR, None) if p is not None else None
-    if job is None or job.owner() is not p:
+    if not isinstance(job, ELLAJob) or job.owner() is not p:
         return None  # a copy of another job's p (XYZ, ADetailer) or nothing: not ours
     return job
 

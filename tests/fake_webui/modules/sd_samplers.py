@@ -1,0 +1,236 @@
+"""Samplers and the CFG denoiser, per backend (shared.backend = "a1111" | "forge" | "reforge").
+
+What each backend hands the cfg-denoiser callback and what its U-Net then receives follows
+webui_api.md section 2-3 and webui_observed.md:
+- A1111 expands x/sigma to [N_c + B] (cond rows, then uncond rows); k-diffusion U-Net t is the
+  wrapper's interpolated sigma_to_t; DDIM/PLMS/UniPC pass t itself as "sigma".
+- Forge/reForge pass [B] sigmas (DDIM converts t -> sigma first); the U-Net gets the nearest table
+  index (Forge predictor.timestep, reForge model_sampling.timestep). reForge's k-diffusion wrapper
+  has an interpolating sigma_to_t that the U-Net does NOT use. Forge drops uncond when it is None.
+"""
+from types import SimpleNamespace
+
+import torch
+
+from modules import prompt_parser, shared
+from modules.script_callbacks import CFGDenoiserParams, cfg_denoiser_callback
+from modules.sd_samplers_common import InterruptedException
+
+from ella_ext.timesteps import interpolated_timestep, nearest_timestep
+
+K_SAMPLERS = ("Euler", "Euler a", "DPM++ 2M")
+TIMESTEP_SAMPLERS = ("DDIM", "PLMS", "UniPC")
+
+
+class SamplerConfig:
+    def __init__(self, name):
+        self.name = name
+
+    def total_steps(self, steps):
+        return steps
+
+
+def find_sampler_config(name):
+    return SamplerConfig(name) if name in K_SAMPLERS + TIMESTEP_SAMPLERS else None
+
+
+class KDiffusionWrapper(torch.nn.Module):
+    """A1111's CompVisDenoiser / reForge's k-diffusion wrapper: an interpolating sigma_to_t."""
+
+    def __init__(self, sd_model):
+        super().__init__()
+        self.inner_model = sd_model
+        self.sigmas = sd_model.sigmas
+
+    def sigma_to_t(self, sigma):
+        return interpolated_timestep(sigma, self.sigmas)
+
+
+class ForgeScheduleLinker(torch.nn.Module):
+    def __init__(self, sd_model):
+        super().__init__()
+        self.inner_model = sd_model
+
+    def sigma_to_t(self, sigma):
+        return self.inner_model.forge_objects.unet.model.predictor.timestep(sigma)
+
+
+class TimestepsDenoiser(torch.nn.Module):
+    def __init__(self, sd_model):
+        super().__init__()
+        self.inner_model = sd_model
+
+
+class CFGDenoiser:
+    def __init__(self, sampler, p, timestep_sampler):
+        self.sampler = sampler
+        self.p = p
+        self.step = 0
+        self.total_steps = None
+        self.timestep_sampler = timestep_sampler
+        model = p.sd_model
+        backend = shared.backend
+        if timestep_sampler:
+            self.inner_model = TimestepsDenoiser(model)
+        elif backend == "forge":
+            self.inner_model = ForgeScheduleLinker(model)
+        else:
+            self.inner_model = KDiffusionWrapper(model)
+
+    def unet_t(self, sigma):
+        model = self.p.sd_model
+        backend = shared.backend
+        if backend == "a1111":
+            return sigma if self.timestep_sampler else self.inner_model.sigma_to_t(sigma)
+        if backend == "forge":
+            return model.forge_objects.unet.model.predictor.timestep(sigma)
+        return model.forge_objects.unet.model.model_sampling.timestep(sigma)
+
+    def __call__(self, x, sigma, uncond, cond, cond_scale):
+        state = shared.state
+        if state.interrupted or state.skipped:
+            raise InterruptedException
+        model = self.p.sd_model
+        conds_list, tensor = prompt_parser.reconstruct_multicond_batch(cond, self.step)
+        uncond_t = prompt_parser.reconstruct_cond_batch(uncond, self.step) if uncond is not None else None
+        batch = x.shape[0]
+        repeats = [len(c) for c in conds_list]
+        if shared.backend == "a1111":
+            x_in = torch.cat([torch.stack([x[i]] * n) for i, n in enumerate(repeats)] + [x])
+            sigma_in = torch.cat([torch.stack([sigma[i]] * n) for i, n in enumerate(repeats)] + [sigma])
+            params = CFGDenoiserParams(x_in, None, sigma_in, state.sampling_step, state.sampling_steps, tensor, uncond_t, self)
+        else:
+            params = CFGDenoiserParams(x, None, sigma, state.sampling_step, state.sampling_steps, tensor, uncond_t, self)
+        cfg_denoiser_callback(params)
+        tensor, uncond_t = params.text_cond, params.text_uncond
+
+        row_image = [i for i, n in enumerate(repeats) for _ in range(n)]
+        if shared.backend == "a1111":
+            t_all = self.unet_t(params.sigma)
+            t_cond, t_unc = t_all[: len(row_image)], t_all[len(row_image):]
+        else:
+            t_img = self.unet_t(params.sigma)
+            t_cond, t_unc = t_img[row_image], t_img
+        x_cond = x[row_image]
+        if uncond_t is not None and tensor.shape[1] == uncond_t.shape[1]:
+            out = model.apply_model(torch.cat([x_cond, x]), torch.cat([t_cond, t_unc]), torch.cat([tensor, uncond_t]))
+            cond_out, unc_out = out[: len(row_image)], out[len(row_image):]
+        else:
+            cond_out = model.apply_model(x_cond, t_cond, tensor)
+            unc_out = model.apply_model(x, t_unc, uncond_t) if uncond_t is not None else None
+
+        denoised = torch.zeros_like(x)
+        for i, conds in enumerate(conds_list):
+            if unc_out is None:
+                denoised[i] = sum(cond_out[row] * w for row, w in conds)
+            else:
+                denoised[i] = unc_out[i] + sum((cond_out[row] - unc_out[i]) * (w * cond_scale) for row, w in conds)
+        self.step += 1
+        state.sampling_step += 1
+        return denoised
+
+
+class Sampler:
+    def __init__(self, name, sd_model):
+        self.name = name
+        self.timestep_sampler = name in TIMESTEP_SAMPLERS
+        self.sd_model = sd_model
+
+    def _schedule(self, steps):
+        """(values passed as sigma to the denoiser, real sigmas for the update), length steps + 1."""
+        sigmas = self.sd_model.sigmas
+        if not self.timestep_sampler:
+            # k-diffusion: an exponential schedule whose sigmas fall between the table's entries
+            real = torch.exp(torch.linspace(float(sigmas[-1].log()), float(sigmas[0].log()), steps + 1)[1:].flip(0))
+            real = torch.cat([real * 0.97, torch.zeros(1)])
+            return real, real
+        ts = [999 - i * (1000 // steps) for i in range(steps)]
+        real = torch.tensor([float(sigmas[t]) for t in ts] + [0.0])
+        if shared.backend == "a1111":
+            return torch.tensor([float(t) for t in ts] + [0.0]), real
+        return real, real
+
+    def _run(self, p, x, c, uc, sched, real, cond_scale):
+        denoiser = CFGDenoiser(self, p, self.timestep_sampler)
+        denoiser.total_steps = len(sched) - 1
+        shared.state.sampling_steps = denoiser.total_steps
+        shared.state.sampling_step = 0
+        p.denoisers.append(denoiser)
+        try:
+            for i in range(len(sched) - 1):
+                s = torch.full((x.shape[0],), float(sched[i]))
+                denoised = denoiser(x, s, uc, c, cond_scale)
+                x = x + (x - denoised) / real[i] * (real[i + 1] - real[i])
+        except InterruptedException:
+            pass
+        return x
+
+    def sample(self, p, x, c, uc, steps, cond_scale):
+        sched, real = self._schedule(steps)
+        return self._run(p, x * real[0], c, uc, sched, real, cond_scale)
+
+    def sample_img2img(self, p, x, noise, c, uc, steps, cond_scale):
+        sched, real = self._schedule(steps)
+        t_enc = max(1, int(min(p.denoising_strength, 0.999) * steps))
+        sched, real = sched[steps - t_enc:], real[steps - t_enc:]
+        return self._run(p, x + noise * real[0], c, uc, sched, real, cond_scale)
+
+
+def create_sampler(name, sd_model):
+    if find_sampler_config(name) is None:
+        raise ValueError(f"bad sampler name: {name}")
+    return Sampler(name, sd_model)
+
+
+def fake_sd_model(family="sd1", backend="a1111"):
+    return FakeSDModel(family, backend)
+
+
+class Predictor:
+    def __init__(self, sigmas):
+        self.sigmas = sigmas
+
+    def timestep(self, sigma):
+        return nearest_timestep(sigma, self.sigmas)
+
+
+class FakeSDModel:
+    """An SD model whose CLIP and U-Net are tiny deterministic functions that record what they get."""
+
+    def __init__(self, family="sd1", backend="a1111"):
+        from ella_ext.timesteps import sd15_alphas_cumprod, sigmas_from_alphas
+
+        self.family = family
+        for name in ("sd1", "sd2", "sdxl", "sd3"):
+            setattr(self, f"is_{name}", family == name)
+        self.sd_checkpoint_info = SimpleNamespace(title=f"fake-{family}.safetensors [0123abcd]", name=f"fake-{family}")
+        self.alphas_cumprod = sd15_alphas_cumprod().float()
+        self.sigmas = sigmas_from_alphas(self.alphas_cumprod.double()).float()
+        self.context_dim = {"sd1": 768, "sd2": 1024, "sdxl": 2048, "sd3": 4096}[family]
+        self.unet_calls = []
+        self.clip_calls = 0
+        self.fail_at_unet_call = None
+        if backend in ("forge", "reforge"):
+            predictor = Predictor(self.sigmas)
+            inner = SimpleNamespace(predictor=predictor) if backend == "forge" else SimpleNamespace(model_sampling=predictor)
+            self.forge_objects = SimpleNamespace(unet=SimpleNamespace(model=inner))
+
+    def get_learned_conditioning(self, texts):
+        self.clip_calls += 1
+        out = []
+        for text in texts:
+            g = torch.Generator().manual_seed(sum(map(ord, text)) * 7919 + len(text))
+            chunks = 1 + len(text) // 150
+            out.append(torch.randn(77 * chunks, self.context_dim, generator=g) * 0.1 + 0.05)
+        if self.family == "sdxl":
+            return {"crossattn": out, "vector": [torch.zeros(2816) for _ in texts]}
+        return out
+
+    def apply_model(self, x, t, context):
+        if self.fail_at_unet_call is not None and len(self.unet_calls) == self.fail_at_unet_call:
+            raise RuntimeError("simulated U-Net failure (out of memory)")
+        if isinstance(context, dict):
+            context = context["crossattn"]
+        self.unet_calls.append(SimpleNamespace(t=t.detach().clone(), context=context.detach().clone()))
+        weight = context.float().mean(dim=(1, 2)) + context.float()[:, :, :4].std(dim=(1, 2))
+        return 0.5 * x + weight[:, None, None, None] + 1e-4 * t.float()[:, None, None, None]

@@ -1,0 +1,97 @@
+"""Loads scripts/ella.py into the fake WebUI (tests/fake_webui) with tiny ELLA and T5 models."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import factories
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE = Path(__file__).resolve().parent / "fake_webui"
+
+# An SD1.5-shaped TSC (768-wide output) that is small elsewhere; input_dim = the tiny T5's d_model.
+SD15_TINY = dict(time_channel=32, time_embed_dim=64, width=768, layers=1, heads=8, num_latents=64, input_dim=32)
+MODEL_NAME = "ella-tiny"
+T5_NAME = "flan-tiny"
+
+
+def enter_fake_webui() -> None:
+    """Make `import modules` / `import gradio` resolve to the fake (once per process)."""
+    if str(FAKE) not in sys.path:
+        sys.path.insert(0, str(FAKE))
+    for name in list(sys.modules):
+        if name == "gradio" or name.startswith("gradio.") or name == "modules" or name.startswith("modules."):
+            if not str(getattr(sys.modules[name], "__file__", "") or "").startswith(str(FAKE)):
+                del sys.modules[name]
+
+
+def write_models(models_dir: Path) -> None:
+    from ella_ext.tsc import TSCConfig
+
+    factories.write_tsc(models_dir / "ELLA" / f"{MODEL_NAME}.safetensors", TSCConfig(**SD15_TINY), seed=3)
+    factories.write_t5_folder(models_dir / "ELLA" / "t5" / T5_NAME, "ella", seed=1)
+
+
+@dataclass
+class WebUI:
+    module: object  # the loaded scripts/ella.py
+    models_dir: Path
+
+    @property
+    def extension(self):
+        return self.module.EXTENSION
+
+    def api(self):
+        from modules.api import Api
+
+        return Api([self.module.ELLAScript])
+
+    def model(self, family="sd1"):
+        from modules import sd_samplers, shared
+
+        model = sd_samplers.fake_sd_model(family, shared.backend)
+        shared.sd_model = model
+        return model
+
+    def set_backend(self, backend: str) -> None:
+        from modules import shared
+
+        shared.backend = backend
+        self.extension.backend = backend
+
+
+def load_script(models_dir: Path) -> WebUI:
+    """Import scripts/ella.py the way the WebUI's script loader does (by path, extension root on sys.path)."""
+    enter_fake_webui()
+    from modules import paths, script_callbacks, shared
+
+    paths.models_path = str(models_dir)
+    script_callbacks.clear()
+    shared.opts.data.clear()
+    shared.opts.data_labels.clear()
+    shared.opts.data.update({"use_old_scheduling": False})
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    spec = importlib.util.spec_from_file_location("ella_script_under_test", ROOT / "scripts" / "ella.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    script_callbacks.ui_settings_callback()  # registers the settings, as the UI build does
+    return WebUI(module=module, models_dir=models_dir)
+
+
+def reference_conditioning(models_dir: Path, text: str, t: float, *, precision="auto", fixed=False, truncate=True):
+    """What ELLA should produce for `text` at timestep `t`, computed from scratch with the library's parts."""
+    from ella_ext import load_ella
+    from ella_ext.t5 import load_t5_encoder
+
+    encoder = load_t5_encoder(models_dir / "ELLA" / "t5" / T5_NAME, precision=precision)
+    tokens = encoder.tokenize(text, fixed_length=128 if fixed else None, truncate_at=None if fixed or not truncate else 128)
+    features = encoder.encode(tokens)
+    tsc = load_ella(models_dir / "ELLA" / f"{MODEL_NAME}.safetensors")
+    with torch.inference_mode():
+        return tsc(features.float(), torch.tensor([float(t)]))[0]
