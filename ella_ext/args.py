@@ -67,14 +67,25 @@ class ELLAArgs:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_script_args(cls, args: Sequence[Any]) -> "ELLAArgs":
-        """From a script's argument slice: UI/positional values, or a dict as the first element."""
+    def from_script_args(cls, args: Sequence[Any], *, enabled: Optional[bool] = None) -> "ELLAArgs":
+        """From a script's argument slice: UI/positional values, or a dict as the first element.
+
+        `enabled` overrides the on/off value (an XYZ axis turning ELLA on for a cell uses the
+        accordion's other values even when the accordion itself is off)."""
         args = tuple(args)
+        if enabled is not None:
+            if args and isinstance(args[0], Mapping):
+                args = ({**args[0], "enabled": enabled}, *args[1:])
+            else:
+                args = (enabled, *args[1:])
         if not args:
             return cls()
-        if isinstance(args[0], Mapping):
-            return cls.from_dict(args[0])
         names = cls.field_names()
+        if isinstance(args[0], Mapping):
+            # the API puts the dict where `enabled` goes; the WebUI fills the other slots with the UI's
+            # defaults (the first models found), which stand in for the keys the dict leaves out
+            defaults = {k: v for k, v in zip(names[1:], args[1:]) if v is not None and k not in args[0]}
+            return cls.from_dict({**defaults, **args[0]}) if defaults else cls.from_dict(args[0])
         if len(args) > len(names):
             raise ArgumentError(
                 f"ELLA takes at most {len(names)} positional arguments ({', '.join(names)}), got {len(args)}. "

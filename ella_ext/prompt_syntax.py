@@ -253,7 +253,7 @@ def text_at_step(schedule: Schedule, step: int) -> str:
 # --- AND and emphasis ----------------------------------------------------------------------------
 
 def split_and(prompt: str) -> list[tuple[str, float]]:
-    """Sub-prompts of a positive prompt and their weights: 'a AND b:0.5' -> [('a ', 1.0), (' b', 0.5)]."""
+    """Sub-prompts of a positive prompt and their weights: 'a AND b:0.5' -> [('a', 1.0), (' b', 0.5)]."""
     out = []
     for sub in AND_SEPARATOR.split(prompt):
         m = SUBPROMPT_WEIGHT.search(sub)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .args import ELLAArgs
+from .args import CONDITIONING_MODES, INFO_TRUNCATED, LENGTH_MODES, ELLAArgs
 from .discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, list_ella_models, list_t5_encoders
 from .errors import ConditioningError, ELLAError, UnsupportedModelError
 from .plan import DenoiserCall, Interrupted, JobPlan, PassSpec
@@ -33,6 +33,7 @@ from .timesteps import A1111, FORGE, REFORGE
 log = logging.getLogger("ella")
 
 JOB_ATTR = "_ella_job"
+OVERRIDES_ATTR = "_ella_overrides"
 SETTINGS_SECTION = ("ella", "ELLA")
 RESIDENCY_LABELS = {"gpu": "Keep on GPU", "cpu": "Offload to CPU", "unload": "Unload after each job"}
 
@@ -308,7 +309,10 @@ class ELLAExtension:
     def process(self, p, script_args: Sequence[Any]) -> None:
         clear_job(p)
         try:
-            args = ELLAArgs.from_script_args(script_args)
+            overrides = dict(getattr(p, OVERRIDES_ATTR, None) or {})  # set by an XYZ plot axis for this cell
+            args = ELLAArgs.from_script_args(script_args, enabled=overrides.pop("enabled", None))
+            if overrides and args.enabled:
+                args = args.with_(**overrides)
         except ELLAError as exc:
             job = self._attach(p, ELLAArgs())
             job.fail(exc)
@@ -354,6 +358,13 @@ class ELLAExtension:
         try:
             check_model_family(p.sd_model)
             job.plan.prepare(self.pass_spec(p))
+            if job.plan.truncated and INFO_TRUNCATED not in p.extra_generation_params:
+                # infotexts are written after sampling, so this reaches the images of this job
+                p.extra_generation_params[INFO_TRUNCATED] = True
+                comment = getattr(p, "comment", None)
+                if callable(comment):
+                    comment("ELLA: a prompt was longer than 128 T5 tokens (ELLA's training length) and was truncated; "
+                            "set 'Prompts over 128 T5 tokens' to Keep to pass it whole.")
         except Interrupted:
             return  # the sampler sees the interrupt itself and stops before the first step
         except Exception as exc:
@@ -392,10 +403,6 @@ class ELLAExtension:
         if job is None:
             return
         if job.plan is not None:
-            if job.plan.truncated:
-                from .args import INFO_TRUNCATED
-
-                p.extra_generation_params[INFO_TRUNCATED] = True
             s = job.plan.stats
             log.info(
                 "ELLA: %d prompt texts encoded, %d TSC calls for %d rows (%d rows reused), %d steps ELLA, %d steps CLIP",
@@ -455,3 +462,47 @@ def check_model_family(sd_model) -> None:
             f"ELLA works only with SD1.x checkpoints (its TSC outputs 768-wide tokens), but the loaded model "
             f"'{title}' is {family}. Load an SD1.5-family checkpoint or disable ELLA."
         )
+
+
+# --- XYZ plot ---------------------------------------------------------------------------------
+
+XYZ_AXES = (
+    # (label, type, field, choices)
+    ("ELLA: on/off", str, "enabled", ["On", "Off"]),
+    ("ELLA: token length", str, "length", list(LENGTH_MODES.values())),
+    ("ELLA: conditioning", str, "mode", list(CONDITIONING_MODES.values())),
+    ("ELLA: start", float, "start", None),
+    ("ELLA: end", float, "end", None),
+)
+
+
+def xyz_override(field_name: str):
+    """An XYZ `apply`: record the cell's value on (the copied) p; `process` applies it to the args."""
+
+    def apply(p, value, values):
+        if field_name == "enabled":
+            value = str(value).strip().lower() in ("on", "true", "1", "yes")
+        # a new dict per cell: XYZ shallow-copies p, so mutating a shared dict would leak across cells
+        setattr(p, OVERRIDES_ATTR, {**(getattr(p, OVERRIDES_ATTR, None) or {}), field_name: value})
+
+    return apply
+
+
+def register_xyz_axes() -> bool:
+    """Add ELLA's axes to the built-in XYZ plot script (call from on_before_ui). False if it is absent."""
+    from modules import scripts
+
+    xyz = next(
+        (d.module for d in scripts.scripts_data if d.script_class.__module__ in ("xyz_grid.py", "scripts.xyz_grid")),
+        None,
+    )
+    if xyz is None:
+        return False
+    have = {getattr(o, "label", None) for o in xyz.axis_options}
+    for label, kind, field_name, choices in XYZ_AXES:
+        if label in have:
+            continue
+        xyz.axis_options.append(
+            xyz.AxisOption(label, kind, xyz_override(field_name), choices=(lambda c=choices: c) if choices else None)
+        )
+    return True

@@ -16,7 +16,7 @@ from ella_ext.args import (
     LONG_PROMPT_POLICIES,
     NEGATIVE_MODES,
 )
-from ella_ext.webui import ELLAExtension, register_settings
+from ella_ext.webui import ELLAExtension, register_settings, register_xyz_axes
 
 try:
     from modules.ui_components import InputAccordion
@@ -104,3 +104,4 @@ def _infotext_field(index):
 script_callbacks.on_cfg_denoiser(EXTENSION.cfg_denoiser, name="ella")
 script_callbacks.on_ui_settings(register_settings)
 script_callbacks.on_script_unloaded(EXTENSION.runtime.unload_all)
+script_callbacks.on_before_ui(register_xyz_axes)

@@ -32,3 +32,26 @@ def t5_folder(t5_folders):
 @pytest.fixture(scope="session")
 def fixtures_dir():
     return factories.FIXTURES
+
+
+@pytest.fixture(scope="module")
+def webui(tmp_path_factory):
+    """scripts/ella.py loaded into the fake WebUI, with tiny ELLA/T5 models in its models folder."""
+    import webui_env
+
+    models = tmp_path_factory.mktemp("models")
+    webui_env.write_models(models)
+    return webui_env.load_script(models)
+
+
+@pytest.fixture
+def fresh_webui_state(webui):
+    """Each test starts on A1111 with a fresh SD1.5 model and an empty feature cache."""
+    from modules import errors, shared
+
+    webui.set_backend("a1111")
+    webui.model()
+    shared.state.reset()
+    errors.reported.clear()
+    yield
+    webui.extension.runtime.feature_cache.clear()

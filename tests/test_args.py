@@ -89,3 +89,15 @@ def test_infotext_without_ella_is_disabled():
 def test_malformed_infotext_steps():
     with pytest.raises(ArgumentError, match="ELLA steps"):
         ELLAArgs.from_infotext({"ELLA": "m", "ELLA T5": "t", "ELLA steps": "half"})
+
+
+def test_api_dict_takes_missing_keys_from_the_ui_defaults_after_it():
+    # the WebUI fills the slots after the dict with the UI's defaults (the first models found)
+    ui_defaults = ("ella-a", "t5-a", "Fixed 128", "ELLA only", "ELLA", 0.0, 1.0, "Original", "Truncate to 128")
+    args = ELLAArgs.from_script_args(({"enabled": True, "t5": "t5-b"}, *ui_defaults))
+    assert (args.model, args.t5, args.length) == ("ella-a", "t5-b", "fixed")
+    # an XYZ cell turning ELLA on keeps the tail too
+    off = ELLAArgs.from_script_args(({"enabled": False}, *ui_defaults), enabled=True)
+    assert off.enabled and off.model == "ella-a"
+    with pytest.raises(ArgumentError, match="No T5 encoder selected"):
+        ELLAArgs.from_script_args(({"enabled": True, "model": "ella-a"}, None, None))

@@ -4,45 +4,10 @@ import pytest
 import torch
 
 import webui_env
-from webui_env import MODEL_NAME, T5_NAME
+from webui_env import MODEL_NAME, T5_NAME, ella, payload, run
 
 
-@pytest.fixture(scope="module")
-def webui(tmp_path_factory):
-    models = tmp_path_factory.mktemp("models")
-    webui_env.write_models(models)
-    return webui_env.load_script(models)
-
-
-@pytest.fixture(autouse=True)
-def fresh_state(webui):
-    from modules import errors, shared
-
-    webui.set_backend("a1111")
-    webui.model()
-    shared.state.reset()
-    errors.reported.clear()
-    yield
-    webui.extension.runtime.feature_cache.clear()
-
-
-def ella(**overrides):
-    args = {"enabled": True, "model": MODEL_NAME, "t5": T5_NAME}
-    args.update(overrides)
-    return {"ELLA": {"args": [args]}}
-
-
-def payload(prompt="a red cube on a glossy table", **kw):
-    base = {"prompt": prompt, "negative_prompt": "", "steps": 4, "sampler_name": "Euler", "seed": 7, "cfg_scale": 7.0}
-    base.update(kw)
-    return base
-
-
-def run(webui, p, img2img=False):
-    from modules import shared
-
-    status, body = (webui.api().img2img if img2img else webui.api().txt2img)(p, sd_model=shared.sd_model)
-    return status, body
+pytestmark = pytest.mark.usefixtures("fresh_webui_state")
 
 
 # --- unchecked costs nothing ----------------------------------------------------------------------

@@ -95,3 +95,25 @@ def reference_conditioning(models_dir: Path, text: str, t: float, *, precision="
     tsc = load_ella(models_dir / "ELLA" / f"{MODEL_NAME}.safetensors")
     with torch.inference_mode():
         return tsc(features.float(), torch.tensor([float(t)]))[0]
+
+
+# --- request helpers shared by the lifecycle tests ---------------------------------------------
+
+def ella(**overrides):
+    """alwayson_scripts entry enabling ELLA with the tiny models (dict form)."""
+    args = {"enabled": True, "model": MODEL_NAME, "t5": T5_NAME}
+    args.update(overrides)
+    return {"ELLA": {"args": [args]}}
+
+
+def payload(prompt="a red cube on a glossy table", **kw):
+    base = {"prompt": prompt, "negative_prompt": "", "steps": 4, "sampler_name": "Euler", "seed": 7, "cfg_scale": 7.0}
+    base.update(kw)
+    return base
+
+
+def run(webui: WebUI, p: dict, img2img: bool = False):
+    """POST-equivalent of /sdapi/v1/txt2img (or img2img) on the fake API: (status, body)."""
+    from modules import shared
+
+    return (webui.api().img2img if img2img else webui.api().txt2img)(p, sd_model=shared.sd_model)

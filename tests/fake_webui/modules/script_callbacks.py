@@ -5,6 +5,7 @@ callbacks_cfg_denoiser = []
 callbacks_ui_settings = []
 callbacks_script_unloaded = []
 callbacks_infotext_pasted = []
+callbacks_before_ui = []
 
 
 class CFGDenoiserParams:
@@ -35,6 +36,14 @@ def on_infotext_pasted(callback, *, name=None):
     callbacks_infotext_pasted.append(callback)
 
 
+def on_before_ui(callback, *, name=None):
+    callbacks_before_ui.append(callback)
+
+
+def before_ui_callback():
+    _run(callbacks_before_ui)
+
+
 def _run(callbacks, *args):
     for c in list(callbacks):
         try:
@@ -56,5 +65,6 @@ def script_unloaded_callback():
 
 
 def clear():
-    for lst in (callbacks_cfg_denoiser, callbacks_ui_settings, callbacks_script_unloaded, callbacks_infotext_pasted):
+    for lst in (callbacks_cfg_denoiser, callbacks_ui_settings, callbacks_script_unloaded, callbacks_infotext_pasted,
+                callbacks_before_ui):
         lst.clear()

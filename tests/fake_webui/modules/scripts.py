@@ -2,6 +2,7 @@
 from modules import errors
 
 AlwaysVisible = object()
+scripts_data = []  # ScriptClassData(script_class, path, basedir, module) of every loaded script
 
 
 class Script:
