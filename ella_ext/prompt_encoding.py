@@ -64,8 +64,12 @@ def split_chunks(text: str, syntax: PromptSyntax, use_weights: bool) -> list[Chu
     return chunks
 
 
-def token_weights(tokens: Tokens, spans: tuple[tuple[int, int, float], ...]) -> Optional[list[float]]:
-    """Per-token weights from weighted character spans (a token takes the weight at its first character)."""
+def token_weights(tokens: Tokens, spans: tuple[tuple[int, int, float], ...], text: str) -> Optional[list[float]]:
+    """Per-token weights from weighted character spans of `text`.
+
+    A token takes the weight at its first non-space character: tokenizers disagree on whether
+    '▁red' starts at the space (tokenizers 0.13, A1111's pin) or at the 'r' (newer ones).
+    """
     if not spans:
         return None
     if tokens.offsets is None:
@@ -74,6 +78,8 @@ def token_weights(tokens: Tokens, spans: tuple[tuple[int, int, float], ...]) -> 
     out = []
     for (a, b), m in zip(tokens.offsets, tokens.attention_mask):
         w = 1.0
+        while a < b and text[a].isspace():
+            a += 1
         if m and b > a:
             k = bisect.bisect_right(starts, a) - 1
             if k >= 0 and spans[k][0] <= a < spans[k][1]:
@@ -144,7 +150,7 @@ class PromptEncoder:
         pieces, n_tokens, truncated, weighted = [], 0, False, False
         for chunk in split_chunks(text, self.syntax, use_weights):
             features, tokens = self._raw(chunk.text)
-            weights = token_weights(tokens, chunk.spans)
+            weights = token_weights(tokens, chunk.spans, chunk.text)
             if chunk.spans and weights is None:
                 warn_once(
                     "no-offsets",

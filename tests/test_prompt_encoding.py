@@ -46,14 +46,15 @@ def plain(t5, text):
     return t5.encode(tokens)[0], tokens
 
 
-def expected_weights(tokens, spans):
-    """Independent mapping: a token takes the weight of the span holding its first character."""
+def expected_weights(tokens, spans, text):
+    """Independent mapping: a token takes the weight of the span holding its first non-space character."""
     out = []
     for (a, b), m in zip(tokens.offsets, tokens.attention_mask):
         w = 1.0
-        if m and b > a:
+        chars = [i for i in range(a, b) if not text[i].isspace()]
+        if m and chars:
             for s, e, weight in spans:
-                if s <= a < e:
+                if s <= chars[0] < e:
                     w = weight
         out.append(w)
     return out
@@ -74,7 +75,7 @@ def test_emphasis_scales_exactly_the_covered_tokens_no_norm(t5):
     clean = "a glossy red vase on a wooden table"
     assert spy.texts == [clean]  # the syntax never reaches T5
     ref, tokens = plain(t5, clean)
-    weights = expected_weights(tokens, [(9, 17, 1.5), (23, 29, 1 / 1.1)])
+    weights = expected_weights(tokens, [(9, 17, 1.5), (23, 29, 1 / 1.1)], clean)
     assert 1.5 in weights and pytest.approx(1 / 1.1) in weights and weights[-1] == 1.0  # </s> untouched
     scaled = torch.tensor(weights)[:, None]
     assert torch.allclose(got.features, ref * scaled, atol=0, rtol=1e-6) and got.weighted
@@ -166,7 +167,7 @@ def test_decorated_dpg_prompts_weight_each_token_from_its_span(t5):
             if w != 1.0 and seg:
                 spans.append((pos, pos + len(seg), w))
             pos += len(seg)
-        weights = torch.tensor(expected_weights(tokens, spans))[:, None]
+        weights = torch.tensor(expected_weights(tokens, spans, clean))[:, None]
         assert torch.allclose(got.features, ref * weights, rtol=1e-6, atol=0), prompt
         checked += any(w != 1.0 for w in weights.flatten().tolist())
         assert syntax.parse_attention(text) == segments

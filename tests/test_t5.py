@@ -88,7 +88,8 @@ def test_offsets_map_tokens_to_text(t5_folder):
     real = [(a, b) for (a, b), m in zip(tokens.offsets, tokens.attention_mask) if b > a]
     assert [a for a, _ in real] == sorted(a for a, _ in real) and all(0 <= a < b <= len(text) for a, b in real)
     covered = {i for a, b in real for i in range(a, b)}
-    assert covered == {i for i, c in enumerate(text) if c != " "}  # every character belongs to a token
+    # every character belongs to a token (tokenizers 0.13 count the space before a word into it)
+    assert {i for i, c in enumerate(text) if c != " "} <= covered <= set(range(len(text)))
 
 
 def test_auto_precision_is_fp16_where_supported(t5_folder):
