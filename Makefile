@@ -1,5 +1,5 @@
 # make test        - the test suite (creates .venv on first run; needs only Python 3.10+ and pip)
-# make test-compat - the T5/TSC tests again under transformers 4.30.2 (AUTOMATIC1111's pin)
+# make test-compat - the whole suite again under transformers 4.30.2 / tokenizers 0.13 (AUTOMATIC1111's pin)
 # make bench       - CPU benchmarks; prints a table and writes bench/results/*.json
 PYTHON ?= python3
 VENV := .venv
@@ -21,7 +21,7 @@ test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests
 
 test-compat: $(COMPAT_VENV)/.installed
-	$(COMPAT_VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests/test_t5.py tests/test_tsc.py tests/test_prompt_encoding.py
+	$(COMPAT_VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/run.py

@@ -86,7 +86,7 @@ def test_and_prompt_gets_one_row_per_sub_prompt(webui):
     call = model.unet_calls[0]
     t = float(call.t[0])
     assert call.context.shape == (6, 64, 768)  # 2 images x 2 sub-prompts, then 2 uncond rows
-    for row, text in enumerate(["a red cube ", " a blue sphere"] * 2 + ["", ""]):
+    for row, text in enumerate(["a red cube", " a blue sphere"] * 2 + ["", ""]):
         assert torch.allclose(call.context[row], webui_env.reference_conditioning(webui.models_dir, text, t), atol=1e-4)
 
 
