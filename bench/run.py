@@ -42,7 +42,6 @@ from ella_ext.prompt_encoding import EncodedPrompt  # noqa: E402
 from ella_ext.prompt_syntax import BuiltinPromptSyntax  # noqa: E402
 from ella_ext.tsc import TSC, TSCConfig  # noqa: E402
 
-DPG = ROOT.parent / "shared" / "data" / "dpg_bench_prompts.jsonl"
 RESULTS = ROOT / "bench" / "results"
 FLAN_T5_XL = {
     "architectures": ["T5EncoderModel"], "d_model": 2048, "d_ff": 5120, "d_kv": 64, "num_heads": 32,
@@ -56,13 +55,9 @@ FLAN_T5_XL = {
 # --- helpers --------------------------------------------------------------------------------------
 
 def dpg_prompts(n: int | None = None) -> list[str]:
-    out = []
-    with open(DPG, encoding="utf-8") as f:
-        for line in f:
-            out.append(json.loads(line)["prompt"])
-            if n is not None and len(out) >= n:
-                break
-    return out
+    import factories
+
+    return factories.dpg_prompts(n)
 
 
 def t5_length(prompt: str) -> int:

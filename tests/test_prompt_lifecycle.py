@@ -47,21 +47,11 @@ def test_ella_text_switches_at_the_step_clip_switches(webui, backend, prompt, st
 
 
 def test_each_scheduled_text_is_encoded_once_per_job(webui):
-    seen = {}
-    original = webui.extension.postprocess
-
-    def spy(p):
-        seen["stats"] = p._ella_job.plan.stats
-        original(p)
-
-    webui.extension.postprocess = spy
-    try:
-        status, _ = run(webui, payload("a [cat|dog] on a [sofa:bed:0.5]", steps=8, batch_size=2, n_iter=2) | {"alwayson_scripts": ella()})
-    finally:
-        webui.extension.postprocess = original
+    p = payload("a [cat|dog] on a [sofa:bed:0.5]", steps=8, batch_size=2, n_iter=2) | {"alwayson_scripts": ella()}
+    status, _, stats = webui_env.run_with_stats(webui, p)
     assert status == 200
     # cat/dog x sofa/bed = 4 texts, plus the empty negative
-    assert seen["stats"].texts_encoded == 5
+    assert stats.texts_encoded == 5
 
 
 def test_hires_pass_schedule_counts_on_from_the_first_pass(webui):

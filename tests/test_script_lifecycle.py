@@ -92,20 +92,8 @@ def test_and_prompt_gets_one_row_per_sub_prompt(webui):
 
 def test_batch_count_reuses_the_first_batch(webui):
     model = webui.model()
-    seen = {}
-    original = webui.extension.postprocess
-
-    def spy(p):
-        seen["stats"] = p._ella_job.plan.stats
-        original(p)
-
-    webui.extension.postprocess = spy
-    try:
-        status, body = run(webui, payload(n_iter=3) | {"alwayson_scripts": ella()})
-    finally:
-        webui.extension.postprocess = original
+    status, body, stats = webui_env.run_with_stats(webui, payload(n_iter=3) | {"alwayson_scripts": ella()})
     assert status == 200 and len(body["images"]) == 3
-    stats = seen["stats"]
     assert stats.tsc_calls == 4  # one batched call per step, first batch only
     assert stats.tsc_rows == 8  # cond + uncond per step
     assert stats.reused_rows == 2 * 12 - 8

@@ -117,3 +117,20 @@ def run(webui: WebUI, p: dict, img2img: bool = False):
     from modules import shared
 
     return (webui.api().img2img if img2img else webui.api().txt2img)(p, sd_model=shared.sd_model)
+
+
+def run_with_stats(webui: WebUI, p: dict):
+    """run(), also returning the job's JobStats (read in postprocess, before ELLA clears the job)."""
+    seen = {}
+    original = webui.extension.postprocess
+
+    def spy(job_p):
+        seen["stats"] = job_p._ella_job.plan.stats
+        original(job_p)
+
+    webui.extension.postprocess = spy
+    try:
+        status, body = run(webui, p)
+    finally:
+        webui.extension.postprocess = original
+    return status, body, seen.get("stats")
