@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .discovery import check_name, strip_hash
 from .errors import ArgumentError, ModelPathError
@@ -67,11 +67,19 @@ class ELLAArgs:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_script_args(cls, args: Sequence[Any], *, enabled: Optional[bool] = None) -> "ELLAArgs":
+    def from_script_args(
+        cls,
+        args: Sequence[Any],
+        *,
+        enabled: Optional[bool] = None,
+        installed: Optional[Callable[[], Mapping[str, str]]] = None,
+    ) -> "ELLAArgs":
         """From a script's argument slice: UI/positional values, or a dict as the first element.
 
         `enabled` overrides the on/off value (an XYZ axis turning ELLA on for a cell uses the
-        accordion's other values even when the accordion itself is off)."""
+        accordion's other values even when the accordion itself is off). `installed()` gives the
+        first installed {"model", "t5"} names, used where the args leave them empty (the UI was
+        built before any model was installed, or an API call names none)."""
         args = tuple(args)
         if enabled is not None:
             if args and isinstance(args[0], Mapping):
@@ -81,11 +89,19 @@ class ELLAArgs:
         if not args:
             return cls()
         names = cls.field_names()
+
+        def with_installed(values: dict) -> dict:
+            empty = [k for k in ("model", "t5") if values.get(k) in (None, "")]
+            if installed is None or not empty:
+                return values
+            found = installed()
+            return {**values, **{k: found[k] for k in empty if found.get(k)}}
+
         if isinstance(args[0], Mapping):
             # the API puts the dict where `enabled` goes; the WebUI fills the other slots with the UI's
-            # defaults (the first models found), which stand in for the keys the dict leaves out
+            # defaults, which stand in for the keys the dict leaves out
             defaults = {k: v for k, v in zip(names[1:], args[1:]) if v is not None and k not in args[0]}
-            return cls.from_dict({**defaults, **args[0]}) if defaults else cls.from_dict(args[0])
+            return cls.from_dict(with_installed({**defaults, **args[0]}))
         if len(args) > len(names):
             raise ArgumentError(
                 f"ELLA takes at most {len(names)} positional arguments ({', '.join(names)}), got {len(args)}. "
@@ -94,7 +110,7 @@ class ELLAArgs:
         values = dict(zip(names, args))
         if not _as_bool(values.get("enabled", False), "enabled"):
             return cls()  # disabled: the other UI values may be anything (e.g. no models installed yet)
-        return cls.from_dict(values)
+        return cls.from_dict(with_installed(values))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ELLAArgs":

@@ -298,6 +298,11 @@ class ELLAExtension:
             names.append(KNOWN_T5)
         return names
 
+    def installed(self) -> dict[str, str]:
+        """The first ELLA model and T5 encoder found: the defaults where a job names none."""
+        models, encoders = self.model_choices(), self.t5_choices()
+        return {"model": models[0] if models else "", "t5": encoders[0] if encoders else ""}
+
     def refresh_settings(self) -> None:
         try:
             self.runtime.configure(read_settings())
@@ -310,7 +315,7 @@ class ELLAExtension:
         clear_job(p)
         try:
             overrides = dict(getattr(p, OVERRIDES_ATTR, None) or {})  # set by an XYZ plot axis for this cell
-            args = ELLAArgs.from_script_args(script_args, enabled=overrides.pop("enabled", None))
+            args = ELLAArgs.from_script_args(script_args, enabled=overrides.pop("enabled", None), installed=self.installed)
             if overrides and args.enabled:
                 args = args.with_(**overrides)
         except ELLAError as exc:

@@ -44,12 +44,14 @@ class ELLAScript(scripts.Script):
         encoders = EXTENSION.t5_choices()
         with InputAccordion(False, label="ELLA", elem_id=self.elem_id("enabled")) as enabled:
             with gr.Row():
-                model = gr.Dropdown(label="ELLA model", choices=models, value=models[0] if models else None,
-                                    elem_id=self.elem_id("model"))
+                # "" rather than None when nothing is installed yet: the WebUI's infotext paste drops values
+                # for components whose default is None (it converts to type(component.value))
+                model = gr.Dropdown(label="ELLA model", choices=models, value=models[0] if models else "",
+                                    allow_custom_value=True, elem_id=self.elem_id("model"))
                 create_refresh_button(model, lambda: None, lambda: {"choices": EXTENSION.model_choices()},
                                       self.elem_id("model_refresh"))
-                t5 = gr.Dropdown(label="T5 encoder", choices=encoders, value=encoders[0] if encoders else None,
-                                 elem_id=self.elem_id("t5"))
+                t5 = gr.Dropdown(label="T5 encoder", choices=encoders, value=encoders[0] if encoders else "",
+                                 allow_custom_value=True, elem_id=self.elem_id("t5"))
                 create_refresh_button(t5, lambda: None, lambda: {"choices": EXTENSION.t5_choices()},
                                       self.elem_id("t5_refresh"))
             with gr.Row():

@@ -315,3 +315,29 @@ def test_ui_lists_models_and_refreshes(webui, tmp_path):
     finally:
         extra.unlink()
     assert all(c.elem_id and c.label for c in components)
+
+
+def test_ui_built_before_any_model_was_installed(webui, tmp_path):
+    """Found on real A1111/Forge: a None dropdown default made the WebUI drop pasted model names."""
+    from modules import paths, shared
+
+    saved = paths.models_path
+    paths.models_path = str(tmp_path)  # no models/ELLA yet when the UI is built
+    try:
+        api = webui.api()
+    finally:
+        paths.models_path = saved
+    runner = api.runners[False]
+    script = runner.alwayson_scripts[0]
+    model_box, t5_box = runner.inputs[script.args_from + 1: script.args_from + 3]
+    assert model_box.value == "" and t5_box.value == "" and model_box.choices == []
+    # the models were installed after start: a job that names none uses the first ones found
+    status, body = api.txt2img(payload() | {"alwayson_scripts": {"ELLA": {"args": [True]}}}, sd_model=shared.sd_model)
+    assert status == 200, body
+    assert f"ELLA: {MODEL_NAME} [" in body["info"] and f"ELLA T5: {T5_NAME}" in body["info"]
+    # pasting that infotext restores the names even though the UI defaults are empty
+    status, again = api.txt2img(payload() | {"infotext": body["info"].replace(f"ELLA: {MODEL_NAME}", "ELLA: other-model")},
+                                sd_model=shared.sd_model)
+    assert status == 422 and "'other-model' was not found" in again["errors"]
+    status, again = api.txt2img(payload() | {"infotext": body["info"]}, sd_model=shared.sd_model)
+    assert status == 200 and f"ELLA: {MODEL_NAME} [" in again["info"]

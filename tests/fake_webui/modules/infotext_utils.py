@@ -45,11 +45,14 @@ def paste(script, params):
             out[component] = None
             continue
         valtype = type(component.value)
+        if component.value is None:  # the WebUI converts to type(default): a None default drops the value
+            out[component] = None
+            continue
         if valtype is bool and v == "False":
             v = False
         elif valtype in (int, float):
             v = float(v)
-        elif component.value is not None:
+        else:
             v = valtype(v)
         out[component] = v
     return out
