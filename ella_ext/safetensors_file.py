@@ -64,6 +64,7 @@ class SafetensorsHeader:
     path: Path
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
+    data_start: int = 0  # file offset of the data section (8 + header length)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: v.shape for k, v in self.tensors.items()}
@@ -147,7 +148,9 @@ def read_header(path: str | os.PathLike, *, error: Callable[[str], ELLAError], w
         tensors[name] = info
     if not tensors:
         raise error(f"{what} '{path}' contains no tensors.")
-    return SafetensorsHeader(path=path, tensors=tensors, metadata={str(k): str(v) for k, v in metadata.items()})
+    return SafetensorsHeader(
+        path=path, tensors=tensors, metadata={str(k): str(v) for k, v in metadata.items()}, data_start=8 + header_len
+    )
 
 
 def load_tensors(
@@ -159,17 +162,36 @@ def load_tensors(
     error: Callable[[str], ELLAError],
     what: str,
 ):
-    """Load `keys` from a validated file, cast to `dtype`, one tensor at a time (no second copy of the file)."""
+    """Load `keys` from a validated file, cast to `dtype`, one tensor at a time.
+
+    Plain reads rather than a memory map: mapped file pages would count in the process's memory
+    next to the loaded weights (2x at peak for a cast), while read buffers are freed tensor by
+    tensor, so loading peaks at the weights plus one tensor.
+    """
     import torch
-    from safetensors import safe_open
 
     out: dict[str, torch.Tensor] = {}
     try:
-        with safe_open(str(header.path), framework="pt", device=str(device)) as f:
+        with open(header.path, "rb") as f:
             for key in keys:
-                out[key] = f.get_tensor(key).to(dtype)
+                info = header.tensors[key]
+                source_dtype = getattr(torch, DTYPES[info.dtype][1])
+                size = info.end - info.begin
+                if size == 0:
+                    tensor = torch.empty(info.shape, dtype=source_dtype)
+                else:
+                    buffer = bytearray(size)
+                    f.seek(header.data_start + info.begin)
+                    if f.readinto(buffer) != size:
+                        raise error(f"{what} '{header.path}' is truncated at tensor '{key}'. Download it again.")
+                    tensor = torch.frombuffer(buffer, dtype=source_dtype).reshape(info.shape)
+                if tensor.dtype != dtype:
+                    tensor = tensor.to(dtype)
+                if str(device) != "cpu":
+                    tensor = tensor.to(device)
+                out[key] = tensor
     except ELLAError:
         raise
-    except Exception as exc:  # the safetensors library's own validation
+    except (OSError, RuntimeError, TypeError, ValueError) as exc:
         raise error(f"{what} '{header.path}' could not be read: {exc}. The file may be corrupt; download it again.") from exc
     return out

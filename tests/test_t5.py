@@ -32,17 +32,19 @@ def test_each_layout_matches_transformers(t5_folders, layout):
 
 
 def test_checkout_never_reads_the_decoder(t5_folders, monkeypatch):
-    import safetensors
+    from ella_ext import t5 as t5_module
 
     folder, _ = t5_folders["checkout"]
     opened = []
-    real_open = safetensors.safe_open
+    real_load = t5_module.load_tensors
 
-    def spy(path, *args, **kwargs):
-        opened.append(str(path))
-        return real_open(path, *args, **kwargs)
+    def spy(header, keys, **kwargs):
+        keys = list(keys)
+        opened.append(str(header.path))
+        assert not any(k.startswith("decoder.") or k.startswith("lm_head") for k in keys)
+        return real_load(header, keys, **kwargs)
 
-    monkeypatch.setattr(safetensors, "safe_open", spy)
+    monkeypatch.setattr(t5_module, "load_tensors", spy)
     encoder = load_t5_encoder(folder, precision="fp32")
     assert opened and not any(p.endswith("model-00003-of-00003.safetensors") for p in opened), opened
     names = [n for n, _ in encoder.model.named_parameters()]
