@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -302,13 +301,15 @@ def write_full_t5(folder: Path, dtype=torch.float16) -> int:
 
 
 T5_CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 sys.path[:0] = [sys.argv[2], sys.argv[2] + "/tests"]
 import torch, transformers, safetensors  # what the WebUI has loaded already
-def rss_mb():
+def status_mb(field):
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
+def rss_mb():
+    return status_mb("VmRSS")
 from ella_ext.t5 import load_t5_encoder, Tokens
 from ella_ext.feature_cache import FeatureCache
 from ella_ext.prompt_encoding import PromptEncoder
@@ -319,7 +320,8 @@ before = rss_mb()
 t0 = time.perf_counter()
 enc = load_t5_encoder(sys.argv[1], precision=precision)
 load_s = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: Linux folds the parent's RSS at fork into a child's ru_maxrss at exec
+peak = status_mb("VmHWM")
 after = rss_mb()
 times = []
 for n in lengths:
