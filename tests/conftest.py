@@ -30,6 +30,14 @@ def t5_folder(t5_folders):
 
 
 @pytest.fixture(scope="session")
+def t5_fp32(t5_folder):
+    """The tiny T5 (ella layout) loaded in fp32 through the real loader; read-only in tests."""
+    from ella_ext.t5 import load_t5_encoder
+
+    return load_t5_encoder(t5_folder, precision="fp32")
+
+
+@pytest.fixture(scope="session")
 def fixtures_dir():
     return factories.FIXTURES
 

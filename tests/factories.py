@@ -165,6 +165,25 @@ def reference_t5_encoder(full: dict[str, torch.Tensor], config: dict):
     return model.eval()
 
 
+class CountingEncoder:
+    """A real T5TextEncoder that records every text it tokenizes and counts encode calls."""
+
+    def __init__(self, inner):
+        self.inner, self.texts, self.encodes = inner, [], 0
+
+    @property
+    def tokenizes(self) -> int:
+        return len(self.texts)
+
+    def tokenize(self, text, **kw):
+        self.texts.append(text)
+        return self.inner.tokenize(text, **kw)
+
+    def encode(self, tokens):
+        self.encodes += 1
+        return self.inner.encode(tokens)
+
+
 def random_tsc_state(cfg, seed: int = 0, dtype=torch.float32) -> dict[str, torch.Tensor]:
     """Random weights with the real key names for a TSCConfig (AdaLN linears non-zero, so t matters)."""
     g = torch.Generator().manual_seed(seed)

@@ -3,34 +3,19 @@
 import pytest
 import torch
 
+import factories
 from ella_ext.feature_cache import FeatureCache
 from ella_ext.prompt_encoding import PromptEncoder
 from ella_ext.prompt_syntax import BuiltinPromptSyntax
-from ella_ext.t5 import load_t5_encoder
-
-
-class CountingEncoder:
-    def __init__(self, inner):
-        self.inner = inner
-        self.encodes = 0
-        self.tokenizes = 0
-
-    def tokenize(self, *a, **k):
-        self.tokenizes += 1
-        return self.inner.tokenize(*a, **k)
-
-    def encode(self, tokens):
-        self.encodes += 1
-        return self.inner.encode(tokens)
 
 
 @pytest.fixture(scope="module")
-def encoder(t5_folder):
-    return load_t5_encoder(t5_folder, precision="fp32")
+def encoder(t5_fp32):
+    return t5_fp32
 
 
 def make(encoder, cache, identity="t5|fp32", fixed=None, truncate=128):
-    counting = CountingEncoder(encoder)
+    counting = factories.CountingEncoder(encoder)
     pe = PromptEncoder(lambda: counting, identity, cache, BuiltinPromptSyntax(), fixed_length=fixed,
                        truncate_at=truncate, emphasis="original", storage_device=torch.device("cpu"))
     return pe, counting

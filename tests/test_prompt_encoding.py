@@ -9,31 +9,15 @@ import prompt_cases
 from ella_ext import prompt_encoding as pe
 from ella_ext.feature_cache import FeatureCache
 from ella_ext.prompt_syntax import BuiltinPromptSyntax, parse_attention
-from ella_ext.t5 import load_t5_encoder
-
-
-class CountingEncoder:
-    """The real encoder, recording every text it tokenizes and every encode call."""
-
-    def __init__(self, inner):
-        self.inner, self.texts, self.encodes = inner, [], 0
-
-    def tokenize(self, text, **kw):
-        self.texts.append(text)
-        return self.inner.tokenize(text, **kw)
-
-    def encode(self, tokens):
-        self.encodes += 1
-        return self.inner.encode(tokens)
 
 
 @pytest.fixture(scope="module")
-def t5(t5_folder):
-    return load_t5_encoder(t5_folder, precision="fp32")
+def t5(t5_fp32):
+    return t5_fp32
 
 
 def make_encoder(t5, *, emphasis="original", fixed_length=None, truncate_at=None, cache=None):
-    spy = CountingEncoder(t5)
+    spy = factories.CountingEncoder(t5)
     enc = pe.PromptEncoder(
         lambda: spy, "tiny|fp32", cache if cache is not None else FeatureCache(), BuiltinPromptSyntax(),
         fixed_length=fixed_length, truncate_at=truncate_at, emphasis=emphasis,
@@ -178,7 +162,7 @@ def test_tokenizer_without_offsets_ignores_emphasis_and_says_so(t5, caplog):
     """A slow tokenizer (no tokenizer.json and no conversion possible) gives no character offsets."""
     import dataclasses
 
-    class NoOffsets(CountingEncoder):
+    class NoOffsets(factories.CountingEncoder):
         def tokenize(self, text, **kw):
             return dataclasses.replace(super().tokenize(text, **kw), offsets=None)
 
