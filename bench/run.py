@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import torch  # noqa: E402
 
+import factories  # noqa: E402
 from ella_ext.args import ELLAArgs  # noqa: E402
 from ella_ext.plan import DenoiserCall, JobPlan, PassSpec  # noqa: E402
 from ella_ext.prompt_encoding import EncodedPrompt  # noqa: E402
@@ -53,15 +54,18 @@ FLAN_T5_XL = {
 
 # --- helpers --------------------------------------------------------------------------------------
 
-def dpg_prompts(n: int | None = None) -> list[str]:
-    import factories
-
-    return factories.dpg_prompts(n)
-
-
 def t5_length(prompt: str) -> int:
     """Estimated flan-t5 token count (words and punctuation marks, plus </s>; within ~10% on plain English)."""
     return len(re.findall(r"\w+|[^\w\s]", prompt)) + 1
+
+
+def proc_status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def sync(device):
@@ -85,8 +89,6 @@ def timed(fn, device, repeat=5, warmup=1) -> float:
 
 def random_tsc(device, dtype, seed=0) -> TSC:
     """A full-size TSC (the released config) with random weights under the real key names."""
-    import factories
-
     cfg = TSCConfig()
     tsc = TSC(cfg)
     tsc.load_state_dict(factories.random_tsc_state(cfg, seed), strict=True)
@@ -132,13 +134,17 @@ def tsc_job(tsc, features, prompts, negatives, steps):
     return plan_job, plan
 
 
+def denoiser_call(step, total_steps, t, batch, device, dtype) -> DenoiserCall:
+    """What the WebUI's denoiser callback hands ELLA: CLIP conditioning (zeros here) and the U-Net t."""
+    zeros = torch.zeros(batch, 77, 768, device=device, dtype=dtype)
+    return DenoiserCall(step=step, total_steps=total_steps, timesteps=torch.full((batch,), t, device=device),
+                        text_cond=zeros, text_uncond=zeros)
+
+
 def run_steps(job, plan, ts, batch, device, dtype):
     outs = []
-    zeros = torch.zeros(batch, 77, 768, device=device, dtype=dtype)
     for step, t in enumerate(ts):
-        call = DenoiserCall(step=step, total_steps=len(ts), timesteps=torch.full((batch,), t, device=device),
-                            text_cond=zeros, text_uncond=zeros)
-        cond, uncond = job.apply(plan, call)
+        cond, uncond = job.apply(plan, denoiser_call(step, len(ts), t, batch, device, dtype))
         outs.append(torch.cat([cond, uncond]))
     return outs
 
@@ -157,7 +163,7 @@ def reference_steps(tsc, features, prompts, negatives, ts):
 def bench_tsc(table, device, dtype, results):
     tsc = random_tsc(device, dtype)
     features = FixedFeatures(device=device, dtype=dtype)
-    prompts = dpg_prompts(64)
+    prompts = factories.dpg_prompts(64)
     steps = 4 if device == "cpu" else 20
     ts = sigmas_to_t(steps)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
@@ -257,7 +263,7 @@ def bench_unet(table, device, dtype, results):
     gc.collect()
     tsc = random_tsc(device, dtype)
     features = FixedFeatures(device=device, dtype=dtype)
-    prompt = dpg_prompts(1)[0]
+    prompt = factories.dpg_prompts(1)[0]
     steps = 25
     ts = sigmas_to_t(steps)
 
@@ -276,7 +282,6 @@ def bench_unet(table, device, dtype, results):
 
 def write_full_t5(folder: Path, dtype=torch.float16) -> int:
     """A random-weight flan-t5-xl encoder in the released ELLA layout; returns its weight bytes."""
-    import factories
     from safetensors.torch import save_file
     from transformers import T5Config, T5EncoderModel
 
@@ -302,27 +307,22 @@ def write_full_t5(folder: Path, dtype=torch.float16) -> int:
 
 T5_CHILD = r"""
 import json, sys, time
-sys.path[:0] = [sys.argv[2], sys.argv[2] + "/tests"]
+sys.path[:0] = [sys.argv[2], sys.argv[2] + "/tests", sys.argv[2] + "/bench"]
 import torch, transformers, safetensors  # what the WebUI has loaded already
-def status_mb(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-def rss_mb():
-    return status_mb("VmRSS")
+from run import proc_status_mb
 from ella_ext.t5 import load_t5_encoder, Tokens
 from ella_ext.feature_cache import FeatureCache
 from ella_ext.prompt_encoding import PromptEncoder
 from ella_ext.prompt_syntax import BuiltinPromptSyntax
 torch.set_num_threads(int(sys.argv[5]))
 precision, lengths = sys.argv[3], json.loads(sys.argv[4])
-before = rss_mb()
+before = proc_status_mb("VmRSS")
 t0 = time.perf_counter()
 enc = load_t5_encoder(sys.argv[1], precision=precision)
 load_s = time.perf_counter() - t0
 # VmHWM, not ru_maxrss: Linux folds the parent's RSS at fork into a child's ru_maxrss at exec
-peak = status_mb("VmHWM")
-after = rss_mb()
+peak = proc_status_mb("VmHWM")
+after = proc_status_mb("VmRSS")
 times = []
 for n in lengths:
     ids = tuple([5 + (i * 7919) % 32000 for i in range(n - 1)] + [1])
@@ -343,7 +343,7 @@ print(json.dumps({"load_s": load_s, "rss_before_mb": before, "peak_rss_mb": peak
 
 
 def bench_t5(table, device, results, threads):
-    prompts = dpg_prompts()
+    prompts = factories.dpg_prompts()
     lengths = sorted(min(t5_length(p), 128) for p in prompts)
     median_len = lengths[len(lengths) // 2]
     sample = [lengths[len(lengths) // 10], median_len, lengths[-1]]
@@ -425,25 +425,15 @@ class LiveTensorBytes(torch.utils._python_dispatch.TorchDispatchMode):
         return out
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def bench_memory(table, device, dtype, results):
     results["memory"] = {}
     tsc = random_tsc(device, dtype)
     weights_mb = sum(p.numel() * p.element_size() for p in tsc.parameters()) / 2**20
     features = FixedFeatures(device=device, dtype=dtype)
-    prompts = dpg_prompts(16)
+    prompts = factories.dpg_prompts(16)
     for label, pos, neg in (("1 prompt + negative", prompts[:1], [""]), ("batch 8, all rows distinct", prompts[:8], prompts[8:16])):
         job, plan = tsc_job(tsc, features, pos, neg, 25)
-        zeros = torch.zeros(len(pos), 77, 768, device=device, dtype=dtype)
-        call = DenoiserCall(step=0, total_steps=25, timesteps=torch.full((len(pos),), 500.0, device=device),
-                            text_cond=zeros, text_uncond=zeros)
+        call = denoiser_call(0, 25, 500.0, len(pos), device, dtype)
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -465,7 +455,7 @@ def bench_memory(table, device, dtype, results):
     with tempfile.TemporaryDirectory(prefix="ella-bench-webui-") as tmp:
         webui_env.write_models(Path(tmp))
         webui = webui_env.load_script(Path(tmp))
-        all_prompts = dpg_prompts(300)
+        all_prompts = factories.dpg_prompts(300)
         samples = []
         for i in range(50):
             webui.model()
@@ -474,7 +464,7 @@ def bench_memory(table, device, dtype, results):
             status, body = webui_env.run(webui, p)
             assert status == 200, body
             gc.collect()
-            samples.append(rss_mb())
+            samples.append(proc_status_mb("VmRSS"))
         growth = samples[-1] - samples[9]
         table.add("memory", "RSS growth from job 10 to job 50 (50 jobs, new prompts each)", growth, "MB",
                   f"RSS {samples[9]:.0f} -> {samples[-1]:.0f} MB; feature cache "
@@ -516,7 +506,7 @@ def bench_startup(table, results):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--only", default="tsc,unet,t5,memory,startup")
     ap.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 16))
     args = ap.parse_args()
