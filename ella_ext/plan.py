@@ -16,7 +16,7 @@ uncond rows share that call; a later batch with the same prompts and sampler reu
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import torch

@@ -23,7 +23,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from .errors import DeviceError, TextEncoderError
 from .safetensors_file import PICKLE_SUFFIXES, SafetensorsHeader, load_tensors, read_header

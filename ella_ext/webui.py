@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import traceback
 import weakref
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from .args import CONDITIONING_MODES, INFO_TRUNCATED, LENGTH_MODES, ELLAArgs
 from .discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, list_ella_models, list_t5_encoders
-from .errors import ConditioningError, ELLAError, UnsupportedModelError
+from .errors import ELLAError, UnsupportedModelError
 from .plan import DenoiserCall, Interrupted, JobPlan, PassSpec
 from .prompt_syntax import BuiltinPromptSyntax, PromptSyntax
 from .timesteps import A1111, FORGE, REFORGE

@@ -33,8 +33,6 @@ def test_disabled_is_bit_identical_to_no_extension(webui):
     ("a1111", "Euler"), ("a1111", "DDIM"), ("forge", "Euler"), ("forge", "DDIM"), ("reforge", "Euler"), ("reforge", "DDIM"),
 ])
 def test_unet_gets_tsc_output_for_its_own_timestep(webui, backend, sampler):
-    from modules import shared
-
     webui.set_backend(backend)
     model = webui.model()
     prompt = "a red cube on a glossy table"

@@ -122,7 +122,7 @@ def test_bf16_and_bad_precision(t5_folder):
 
 def test_fp16_overflow_is_reencoded_in_fp32(tmp_path, caplog, monkeypatch):
     folder = tmp_path / "overflow"
-    full = factories.write_t5_folder(folder, "ella")
+    factories.write_t5_folder(folder, "ella")
     from safetensors.torch import load_file, save_file
 
     state = load_file(str(folder / "model.safetensors"))
