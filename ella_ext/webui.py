@@ -115,6 +115,9 @@ def register_settings() -> None:
     import gradio as gr
     from modules import shared
 
+    from .runtime import Settings
+
+    default = Settings()  # the defaults live there, for the WebUI and for plain library use alike
     section = SETTINGS_SECTION
     options = {
         "ella_model_dirs": shared.OptionInfo(
@@ -124,19 +127,19 @@ def register_settings() -> None:
             "", "Extra folders with T5 encoder folders (one per line; models/ELLA/t5 is always searched)", gr.Textbox, {"lines": 2}, section=section
         ),
         "ella_t5_precision": shared.OptionInfo(
-            "auto", "T5 precision", gr.Radio, {"choices": ["auto", "fp16", "bf16", "fp32"]}, section=section
+            default.t5_precision, "T5 precision", gr.Radio, {"choices": ["auto", "fp16", "bf16", "fp32"]}, section=section
         ).info("auto = fp16 as the ELLA authors ran it; fp32 where the device cannot run fp16"),
         "ella_t5_residency": shared.OptionInfo(
-            RESIDENCY_LABELS["cpu"], "Where T5 waits between encodes", gr.Radio, {"choices": list(RESIDENCY_LABELS.values())}, section=section
+            RESIDENCY_LABELS[default.t5_residency], "Where T5 waits between encodes", gr.Radio, {"choices": list(RESIDENCY_LABELS.values())}, section=section
         ).info("offloading keeps about 2.8 GB of VRAM free during sampling"),
         "ella_feature_cache_entries": shared.OptionInfo(
-            256, "T5 feature cache: prompts kept", gr.Slider, {"minimum": 0, "maximum": 4096, "step": 16}, section=section
+            default.cache_entries, "T5 feature cache: prompts kept", gr.Slider, {"minimum": 0, "maximum": 4096, "step": 16}, section=section
         ),
         "ella_feature_cache_mb": shared.OptionInfo(
-            512, "T5 feature cache: size limit (MB, CPU memory)", gr.Slider, {"minimum": 0, "maximum": 8192, "step": 64}, section=section
+            default.cache_mb, "T5 feature cache: size limit (MB, CPU memory)", gr.Slider, {"minimum": 0, "maximum": 8192, "step": 64}, section=section
         ),
         "ella_hub_download": shared.OptionInfo(
-            False, "Download the released ELLA model and T5 encoder from the Hugging Face hub when they are selected but missing", section=section
+            default.hub_download, "Download the released ELLA model and T5 encoder from the Hugging Face hub when they are selected but missing", section=section
         ),
     }
     for key, info in options.items():
@@ -148,15 +151,15 @@ def read_settings():
 
     from .runtime import Settings
 
-    o = shared.opts
+    o, default = shared.opts, Settings()
     label_to_residency = {v: k for k, v in RESIDENCY_LABELS.items()}
-    residency = getattr(o, "ella_t5_residency", RESIDENCY_LABELS["cpu"])
+    residency = getattr(o, "ella_t5_residency", RESIDENCY_LABELS[default.t5_residency])
     return Settings(
-        t5_precision=getattr(o, "ella_t5_precision", "auto"),
-        t5_residency=label_to_residency.get(residency, residency if residency in RESIDENCY_LABELS else "cpu"),
-        cache_entries=int(getattr(o, "ella_feature_cache_entries", 256)),
-        cache_mb=int(getattr(o, "ella_feature_cache_mb", 512)),
-        hub_download=bool(getattr(o, "ella_hub_download", False)),
+        t5_precision=getattr(o, "ella_t5_precision", default.t5_precision),
+        t5_residency=label_to_residency.get(residency, residency if residency in RESIDENCY_LABELS else default.t5_residency),
+        cache_entries=int(getattr(o, "ella_feature_cache_entries", default.cache_entries)),
+        cache_mb=int(getattr(o, "ella_feature_cache_mb", default.cache_mb)),
+        hub_download=bool(getattr(o, "ella_hub_download", default.hub_download)),
     )
 
 
