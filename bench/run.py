@@ -1,6 +1,6 @@
 """ELLA benchmarks: every figure is a ratio of two things measured side by side in this run.
 
-    make bench                       # CPU, ~10 min; prints the table, writes bench/results/<device>.json
+    make bench                       # CPU, ~4 min on 2 cores; prints the table, writes bench/results/<device>.json
     .venv/bin/python bench/run.py --only tsc,startup   # a subset
     .venv/bin/python bench/run.py --device cuda         # on a GPU (fp16 TSC, absolute times too)
 
