@@ -43,6 +43,14 @@ INFO_STEPS = "ELLA steps"
 INFO_EMPHASIS = "ELLA emphasis"
 INFO_LONG = "ELLA long prompts"
 INFO_TRUNCATED = "ELLA truncated"
+# what ELLA could not do in a job, recorded so the image says so (never read back as an argument)
+INFO_EMPHASIS_IGNORED = "ELLA emphasis ignored"
+INFO_ADETAILER = "ELLA ADetailer"
+
+
+def is_ella_info_key(key: str) -> bool:
+    """Every infotext key ELLA writes is "ELLA" or starts with "ELLA "."""
+    return key == INFO_MODEL or str(key).startswith(INFO_MODEL + " ")
 
 
 @dataclass(frozen=True)

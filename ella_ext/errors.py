@@ -61,3 +61,9 @@ class ConditioningError(ELLAError):
     """The sampler handed ELLA conditioning it cannot replace (row count, shape, type)."""
 
     default_status = 500
+
+
+class IncompatibleExtensionError(ELLAError):
+    """Another extension's setting cannot work with ELLA; the message names it and the fix."""
+
+    default_status = 422

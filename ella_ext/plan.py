@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from .args import ELLAArgs
+from .compat import split_markers, with_markers
 from .errors import ConditioningError, ELLAError
 from .prompt_encoding import EncodedPrompt, PromptEncoder
 from .prompt_syntax import PromptSyntax, Schedule, strip_extra_networks, text_at_step
@@ -136,6 +137,8 @@ class JobPlan:
         self.interrupted = interrupted
         self.after_encode = after_encode
         self.outputs = OutputCache(output_cache_bytes)
+        # applied to ELLA's cond rows at every call, e.g. AnimateDiff's keyframe blending (prompt travel)
+        self.cond_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         self.stats = JobStats()
         self._passes: dict[PassSpec, PassPlan] = {}
         self._encoded: dict[str, EncodedPrompt] = {}
@@ -206,6 +209,11 @@ class JobPlan:
     def truncated(self) -> bool:
         return any(e.truncated for e in self._encoded.values())
 
+    @property
+    def emphasis_ignored(self) -> Optional[str]:
+        """Why some prompt's emphasis could not be applied (the first reason), if so."""
+        return next((e.emphasis_ignored for e in self._encoded.values() if e.emphasis_ignored), None)
+
     # --- at every denoiser call ---------------------------------------------------------------
 
     def in_step_range(self, step: int, total_steps: int) -> bool:
@@ -255,7 +263,11 @@ class JobPlan:
         )
 
     def apply(self, plan: PassPlan, call: DenoiserCall) -> tuple[Any, Any]:
-        """New (text_cond, text_uncond) for one denoiser call; unchanged outside the step range."""
+        """New (text_cond, text_uncond) for one denoiser call; unchanged outside the step range.
+
+        Marker tokens that another extension put in front of the conditioning (sd-webui-controlnet's
+        cond/uncond marker) stay in front of ELLA's tokens, in every mode.
+        """
         if not self.in_step_range(call.step, call.total_steps):
             self.stats.steps_clip += 1
             return call.text_cond, call.text_uncond
@@ -279,16 +291,25 @@ class JobPlan:
                 f"ELLA expected {len(plan.uncond_rows)} negative rows, the sampler has "
                 f"{getattr(uncond, 'shape', type(uncond).__name__)}."
             )
+        cond_markers, cond = split_markers(cond)
+        uncond_markers = None
+        if use_uncond:
+            uncond_markers, uncond = split_markers(uncond)
         t_cond, t_uncond = self.row_timesteps(plan, call.timesteps, use_uncond)
         texts = plan.rows_at(call.step, use_uncond)
         t = torch.cat([t_cond, t_uncond]) if use_uncond else t_cond
         out = self.embeddings(plan, texts, t).to(device=cond.device, dtype=cond.dtype)
         n = len(plan.cond_rows)
         new_cond = out[:n]
+        if self.cond_transform is not None:
+            new_cond = self.cond_transform(new_cond)
         new_uncond = out[n:] if use_uncond else uncond
         if self.args.mode == "ella+clip":
             new_cond = torch.cat([new_cond, cond], dim=1)
             if use_uncond:
                 new_uncond = torch.cat([new_uncond, uncond.to(device=cond.device, dtype=cond.dtype)], dim=1)
+        new_cond = with_markers(cond_markers, new_cond)
+        if use_uncond:
+            new_uncond = with_markers(uncond_markers, new_uncond)
         self.stats.steps_ella += 1
         return new_cond, new_uncond

@@ -43,6 +43,7 @@ class EncodedPrompt:
     tokens: int  # real tokens (</s> included) over all chunks
     truncated: bool  # the long-prompt policy cut tokens off
     weighted: bool  # emphasis changed the features
+    emphasis_ignored: Optional[str] = None  # why the prompt's emphasis could not be applied, if it could not
 
 
 def split_chunks(text: str, syntax: PromptSyntax, use_weights: bool) -> list[Chunk]:
@@ -147,16 +148,13 @@ class PromptEncoder:
 
     def encode(self, text: str) -> EncodedPrompt:
         use_weights = self.emphasis != "ignore"
-        pieces, n_tokens, truncated, weighted = [], 0, False, False
+        pieces, n_tokens, truncated, weighted, ignored = [], 0, False, False, None
         for chunk in split_chunks(text, self.syntax, use_weights):
             features, tokens = self._raw(chunk.text)
             weights = token_weights(tokens, chunk.spans, chunk.text)
             if chunk.spans and weights is None:
-                warn_once(
-                    "no-offsets",
-                    "ELLA: the T5 tokenizer gives no token offsets (slow tokenizer), so prompt emphasis is ignored. "
-                    "Add tokenizer.json to the T5 folder to use emphasis.",
-                )
+                ignored = self.no_offsets_reason()
+                warn_once("no-offsets", f"ELLA: {ignored}")
             if weights is not None and any(w != 1.0 for w in weights):
                 features = apply_emphasis(features, weights, restore_mean=self.emphasis == "original")
                 weighted = True
@@ -164,4 +162,9 @@ class PromptEncoder:
             n_tokens += tokens.n_real
             truncated = truncated or tokens.truncated
         features = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
-        return EncodedPrompt(features=features, tokens=n_tokens, truncated=truncated, weighted=weighted)
+        return EncodedPrompt(features=features, tokens=n_tokens, truncated=truncated, weighted=weighted,
+                             emphasis_ignored=ignored)
+
+    def no_offsets_reason(self) -> str:
+        note = getattr(self._encoder, "tokenizer_note", None)  # the loaded encoder knows why; never load it for this
+        return note or "the T5 tokenizer gives no token offsets (a slow tokenizer), so prompt emphasis is ignored."

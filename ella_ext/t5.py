@@ -215,6 +215,7 @@ class T5TextEncoder:
     dtype: "object"
     model: "object" = field(repr=False)
     tokenizer: "object" = field(repr=False)
+    tokenizer_note: Optional[str] = None  # why the tokenizer gives no offsets (emphasis ignored), if it does not
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
@@ -286,22 +287,68 @@ class T5TextEncoder:
         return out
 
 
-def _load_tokenizer(folder: Path):
+SPIECE_COMPANIONS = ("spiece.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
+def _load_tokenizer(folder: Path) -> tuple[object, Optional[str]]:
+    """(tokenizer, note). The note says why the tokenizer gives no offsets, where it does not.
+
+    A fast tokenizer is needed for emphasis (its offsets map prompt text to tokens). It is read from
+    tokenizer.json; where this `tokenizers` cannot read that file (AUTOMATIC1111 pins tokenizers
+    0.13, which fails on files that newer versions write), it is built from spiece.model instead,
+    which gives the same tokens. Only where both fail is the slow tokenizer used.
+    """
     import transformers
 
     errors = []
-    for cls_name, kwargs in (("T5TokenizerFast", {}), ("T5Tokenizer", {"legacy": True})):
-        cls = getattr(transformers, cls_name, None)
-        if cls is None:
-            continue
+    fast = getattr(transformers, "T5TokenizerFast", None)
+    if fast is not None:
         try:
-            return cls.from_pretrained(str(folder), local_files_only=True, **kwargs)
+            return fast.from_pretrained(str(folder), local_files_only=True), None
         except Exception as exc:  # transformers raises many types here; report them all
-            errors.append(f"{cls_name}: {type(exc).__name__}: {exc}")
+            errors.append(f"tokenizer.json: {type(exc).__name__}: {_first_line(exc)}")
+        if (folder / "spiece.model").is_file() and (folder / "tokenizer.json").is_file():
+            try:
+                return _fast_from_spiece(fast, folder), None
+            except Exception as exc:
+                errors.append(f"spiece.model: {type(exc).__name__}: {_first_line(exc)}")
+    slow = getattr(transformers, "T5Tokenizer", None)
+    if slow is not None:
+        try:
+            tokenizer = slow.from_pretrained(str(folder), local_files_only=True, legacy=True)
+        except Exception as exc:
+            errors.append(f"T5Tokenizer: {type(exc).__name__}: {_first_line(exc)}")
+        else:
+            note = (
+                f"the T5 folder '{folder.name}' has no tokenizer that this WebUI's tokenizers library can read as a "
+                f"fast tokenizer ({'; '.join(errors) or 'no tokenizer.json'}), so prompt emphasis is ignored. "
+                "Add tokenizer.json and spiece.model from the released T5 folder."
+            )
+            warn_once(f"slow-tokenizer:{folder}", "ELLA: " + note)
+            return tokenizer, note
     raise TextEncoderError(
         f"T5 tokenizer in '{folder}' could not be loaded ({'; '.join(errors)}). "
         "Make sure tokenizer.json or spiece.model are complete and that sentencepiece is installed."
     )
+
+
+def _fast_from_spiece(fast_class, folder: Path):
+    """The fast tokenizer converted from spiece.model, ignoring the folder's tokenizer.json."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ella-t5-tokenizer-") as tmp:
+        for name in SPIECE_COMPANIONS:
+            if (folder / name).is_file():
+                shutil.copyfile(folder / name, Path(tmp) / name)
+        tokenizer = fast_class.from_pretrained(tmp, local_files_only=True)
+    log.info("ELLA: %s/tokenizer.json is not readable by this tokenizers version; built the tokenizer from spiece.model", folder)
+    return tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""
 
 
 def _tensor_sources(folder: T5Folder) -> dict[str, tuple[SafetensorsHeader, str]]:
@@ -328,7 +375,7 @@ def load_t5_encoder(path: str | os.PathLike, *, device="cpu", precision: str = "
 
     folder = inspect_t5_folder(path)
     dtype = resolve_precision(precision, device)
-    tokenizer = _load_tokenizer(folder.path)
+    tokenizer, tokenizer_note = _load_tokenizer(folder.path)
 
     config_fields = {k: v for k, v in folder.config.items() if k not in ("auto_map", "architectures", "torch_dtype", "dtype")}
     try:
@@ -388,4 +435,4 @@ def load_t5_encoder(path: str | os.PathLike, *, device="cpu", precision: str = "
         model.to(device)
     except (RuntimeError, AssertionError) as exc:
         raise DeviceError(f"T5 encoder could not be moved to '{device}': {exc}") from None
-    return T5TextEncoder(folder=folder, dtype=dtype, model=model, tokenizer=tokenizer)
+    return T5TextEncoder(folder=folder, dtype=dtype, model=model, tokenizer=tokenizer, tokenizer_note=tokenizer_note)

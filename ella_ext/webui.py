@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .args import CONDITIONING_MODES, INFO_TRUNCATED, LENGTH_MODES, ELLAArgs
+from . import compat
+from .args import CONDITIONING_MODES, INFO_EMPHASIS_IGNORED, INFO_TRUNCATED, LENGTH_MODES, ELLAArgs, is_ella_info_key
 from .discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, list_ella_models, list_t5_encoders
 from .errors import ELLAError, UnsupportedModelError
 from .plan import DenoiserCall, Interrupted, JobPlan, PassSpec
@@ -253,13 +254,29 @@ def active_job(p) -> Optional[ELLAJob]:
 
 
 def clear_job(p) -> None:
-    """Remove ELLA's state and guards from `p` (also ones inherited by copying another job's p)."""
+    """Remove ELLA's state and guards from `p` (also ones inherited by copying another job's p).
+
+    A copy of another job's `p` (XYZ cells, ADetailer, Prompts from file) carries that job in its
+    own __dict__; dropping it there leaves the original's job as it is.
+    """
     job = p.__dict__.pop(JOB_ATTR, None)
     sample = p.__dict__.get("sample")
     if isinstance(sample, _SampleGuard):
         del p.__dict__["sample"]
-    if job is not None:
+    if isinstance(job, ELLAJob) and job.owner() is p:
         job.plan = None
+
+
+def own_infotext(p) -> dict:
+    """Give `p` its own generation-parameter dict, without ELLA's entries, and return it.
+
+    Copies of one `p` share its `extra_generation_params`: writing ELLA's entries into the shared
+    dict would give them to every other copy (an XYZ cell without ELLA would say ELLA), and
+    removing them from it would take them from the original.
+    """
+    params = getattr(p, "extra_generation_params", None) or {}
+    p.extra_generation_params = {k: v for k, v in params.items() if not is_ella_info_key(k)}
+    return p.extra_generation_params
 
 
 # --- the extension ----------------------------------------------------------------------------
@@ -276,6 +293,7 @@ class ELLAExtension:
         self.runtime = runtime or ELLARuntime(hooks=memory_hooks(self.backend), hub_download=hub_download)
         self._syntax = syntax
         self._roots = roots or model_roots
+        self._open_jobs: list[weakref.ref] = []  # ELLA jobs between their first sampling and postprocess
 
     @property
     def syntax(self) -> PromptSyntax:
@@ -315,6 +333,7 @@ class ELLAExtension:
 
     def process(self, p, script_args: Sequence[Any]) -> None:
         clear_job(p)
+        own_infotext(p)
         try:
             overrides = dict(getattr(p, OVERRIDES_ATTR, None) or {})  # set by an XYZ plot axis for this cell
             args = ELLAArgs.from_script_args(script_args, enabled=overrides.pop("enabled", None), installed=self.installed)
@@ -358,20 +377,24 @@ class ELLAExtension:
         return job
 
     def before_sampling(self, p) -> None:
-        """process_before_every_sampling: encode this pass's prompts before the sampler starts."""
+        """process_before_every_sampling: check the other extensions, encode this pass's prompts."""
         job = active_job(p)
         if job is None or job.error is not None or job.plan is None:
             return
         try:
             check_model_family(p.sd_model)
+            compat.check_companions(p, job.args)  # every script's process() has run: their settings are known
+            job.plan.cond_transform = compat.prompt_travel(p)
             job.plan.prepare(self.pass_spec(p))
-            if job.plan.truncated and INFO_TRUNCATED not in p.extra_generation_params:
-                # infotexts are written after sampling, so this reaches the images of this job
-                p.extra_generation_params[INFO_TRUNCATED] = True
-                comment = getattr(p, "comment", None)
-                if callable(comment):
-                    comment("ELLA: a prompt was longer than 128 T5 tokens (ELLA's training length) and was truncated; "
-                            "set 'Prompts over 128 T5 tokens' to Keep to pass it whole.")
+            if not any(ref() is job for ref in self._open_jobs):
+                self._open_jobs.append(weakref.ref(job))
+            if job.plan.truncated:
+                note(p, INFO_TRUNCATED, True,
+                     "ELLA: a prompt was longer than 128 T5 tokens (ELLA's training length) and was truncated; "
+                     "set 'Prompts over 128 T5 tokens' to Keep to pass it whole.")
+            reason = job.plan.emphasis_ignored
+            if reason:
+                note(p, INFO_EMPHASIS_IGNORED, "no fast T5 tokenizer", f"ELLA: {reason}")
         except Interrupted:
             return  # the sampler sees the interrupt itself and stops before the first step
         except Exception as exc:
@@ -383,6 +406,8 @@ class ELLAExtension:
         p = getattr(denoiser, "p", None)
         job = active_job(p)
         if job is None:
+            if self._open_jobs and compat.is_adetailer_pass(p):
+                self._adetailer_pass_without_ella()
             return
         if job.error is not None:
             raise ELLAAbort()
@@ -390,6 +415,7 @@ class ELLAExtension:
             if job.plan is None:
                 raise ELLAError("ELLA was not set up for this job.")
             plan = job.plan.prepare(self.pass_spec(p))
+            compat.check_callback_order(p, denoiser, self.backend)
             from .timesteps import unet_timesteps
 
             t = unet_timesteps(self.backend, denoiser, params.sigma, getattr(p, "sd_model", None))
@@ -400,10 +426,20 @@ class ELLAExtension:
                 text_cond=params.text_cond,
                 text_uncond=params.text_uncond,
             )
-            params.text_cond, params.text_uncond = job.plan.apply(plan, call)
+            cond, uncond = job.plan.apply(plan, call)
+            compat.suspend_padding(denoiser, replaced=cond is not call.text_cond)
+            params.text_cond, params.text_uncond = cond, uncond
         except Exception as exc:
             job.fail(exc)
             raise ELLAAbort() from None
+
+    def _adetailer_pass_without_ella(self) -> None:
+        """ADetailer runs its inpaint pass inside an ELLA job without ELLA: say so on that job's images."""
+        outer = next((j for j in (ref() for ref in reversed(self._open_jobs)) if j is not None and j.error is None), None)
+        p = outer.owner() if outer is not None else None
+        if p is not None and compat.INFO_ADETAILER not in p.extra_generation_params:
+            log.warning("%s", compat.ADETAILER_NOTE)
+            note(p, compat.INFO_ADETAILER, "CLIP", compat.ADETAILER_NOTE)
 
     def postprocess(self, p) -> None:
         job = active_job(p)
@@ -418,6 +454,8 @@ class ELLAExtension:
         self.end_job(p)
 
     def end_job(self, p) -> None:
+        job = active_job(p)
+        self._open_jobs[:] = [ref for ref in self._open_jobs if ref() is not None and ref() is not job]
         clear_job(p)
         self.runtime.end_job()
 
@@ -448,6 +486,20 @@ class ELLAExtension:
             steps=int(steps),
             use_old_scheduling=old,
         )
+
+
+def note(p, key: str, value: Any, message: str) -> None:
+    """Record what ELLA could not do where the user looks: the image's infotext and the UI/API comments.
+
+    Infotexts are written after sampling, so an entry made before or during sampling reaches the
+    images of this job.
+    """
+    if key in p.extra_generation_params:
+        return
+    p.extra_generation_params[key] = value
+    comment = getattr(p, "comment", None)
+    if callable(comment):
+        comment(message)
 
 
 def _interrupted() -> bool:

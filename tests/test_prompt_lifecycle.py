@@ -170,3 +170,27 @@ def test_xyz_start_end_axes(webui, xyz):
     axes["ELLA: end"].apply(pc, 0.3, [])
     processing.process_images(pc)
     assert [c.context.shape[1] for c in model.unet_calls] == [64] * 4 + [77] * 6
+
+
+# --- what ELLA could not do is said on the image --------------------------------------------------
+
+def test_ignored_emphasis_is_said_in_infotext_and_comments(webui, monkeypatch):
+    """A tokenizer without offsets (A1111's tokenizers 0.13 with an unreadable tokenizer.json and no
+    spiece.model conversion): the reason reaches the UI comments and the image's infotext."""
+    import dataclasses
+
+    from ella_ext import t5 as t5mod
+
+    tokenize = t5mod.T5TextEncoder.tokenize
+
+    def without_offsets(self, *args, **kwargs):
+        self.tokenizer_note = "the T5 folder 'x' has no fast tokenizer (reason), so prompt emphasis is ignored."
+        return dataclasses.replace(tokenize(self, *args, **kwargs), offsets=None)
+
+    monkeypatch.setattr(t5mod.T5TextEncoder, "tokenize", without_offsets)
+    status, body = run(webui, payload("a (glossy:1.5) teapot of emphasis") | {"alwayson_scripts": ella()})
+    assert status == 200, body
+    assert "ELLA emphasis ignored: no fast T5 tokenizer" in body["info"]
+    assert "has no fast tokenizer (reason), so prompt emphasis is ignored" in body["comments"]
+    status, body = run(webui, payload("a glossy teapot without emphasis") | {"alwayson_scripts": ella()})
+    assert status == 200 and "ELLA emphasis ignored" not in body["info"]

@@ -259,3 +259,69 @@ def test_good_folder_loads_after_bad_ones(tmp_path, t5_folder):
     with pytest.raises(TextEncoderError):
         load_t5_encoder(tmp_path / "missing")
     assert load_t5_encoder(t5_folder, precision="fp32").encode(load_t5_encoder(t5_folder).tokenize("x")).shape[0] == 1
+
+
+# --- a tokenizer.json this tokenizers version cannot read (A1111's tokenizers 0.13 and the newest files)
+
+
+
+def with_newest_tokenizer(t5_folder, folder):
+    """A tiny T5 folder whose spiece.model and tokenizer.json come from tests/data (written by the newest tokenizers)."""
+    import gzip
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parent / "data" / "t5_tokenizer_newest"
+    folder = copy_folder(t5_folder, folder)
+    shutil.copyfile(data / "spiece.model", folder / "spiece.model")
+    (folder / "tokenizer.json").write_bytes(gzip.decompress((data / "tokenizer.json.gz").read_bytes()))
+    return folder, json.loads((data / "expected_ids.json").read_text())
+
+
+def test_tokenizer_json_of_the_newest_tokenizers_gives_a_fast_tokenizer(tmp_path, t5_folder):
+    """Under `make test-compat` (tokenizers 0.13.3) this file does not parse; ELLA builds the same tokenizer from spiece.model."""
+    folder, expected = with_newest_tokenizer(t5_folder, tmp_path / "f")
+    enc = load_t5_encoder(folder, precision="fp32")
+    assert enc.tokenizer.is_fast and enc.tokenizer_note is None
+    assert len(expected["ids"]) == 12
+    for prompt, ids in expected["ids"].items():
+        assert list(enc.tokenizer(prompt)["input_ids"]) == ids, prompt
+    tokens = enc.tokenize("a red cube on a table")
+    assert tokens.offsets is not None and len(tokens.offsets) == len(tokens.ids)
+
+
+def test_unreadable_tokenizer_json_falls_back_to_spiece_model(tmp_path, t5_folder):
+    folder = copy_folder(t5_folder, tmp_path / "f")
+    reference = load_t5_encoder(t5_folder, precision="fp32").tokenizer
+    data = json.loads((folder / "tokenizer.json").read_text())
+    data["pre_tokenizer"] = {"type": "PreTokenizerOfTheFuture"}  # no tokenizers version reads this
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    enc = load_t5_encoder(folder, precision="fp32")
+    assert enc.tokenizer.is_fast and enc.tokenizer_note is None
+    for prompt in factories.dpg_prompts(5):
+        assert enc.tokenizer(prompt)["input_ids"] == reference(prompt)["input_ids"]
+
+
+def test_slow_tokenizer_says_why_emphasis_is_ignored(tmp_path, t5_folder, monkeypatch):
+    import transformers
+
+    if transformers.T5TokenizerFast is transformers.T5Tokenizer:
+        pytest.skip("transformers >= 5 has no slow T5 tokenizer; make test-compat runs this under 4.30")
+    from ella_ext.feature_cache import FeatureCache
+    from ella_ext.prompt_encoding import PromptEncoder
+    from ella_ext.prompt_syntax import BuiltinPromptSyntax
+
+    folder = copy_folder(t5_folder, tmp_path / "f")
+    (folder / "tokenizer.json").write_text("{broken")
+
+    def no_conversion(*args, **kwargs):
+        raise RuntimeError("conversion needs protobuf")
+
+    monkeypatch.setattr(t5mod, "_fast_from_spiece", no_conversion)
+    enc = load_t5_encoder(folder, precision="fp32")
+    assert not enc.tokenizer.is_fast
+    assert "conversion needs protobuf" in enc.tokenizer_note and "emphasis is ignored" in enc.tokenizer_note
+    prompts = PromptEncoder(lambda: enc, "slow|fp32", FeatureCache(), BuiltinPromptSyntax(),
+                            fixed_length=None, truncate_at=128, emphasis="original")
+    weighted = prompts.encode("a (red:1.5) cube")
+    assert weighted.emphasis_ignored == enc.tokenizer_note and not weighted.weighted
+    assert prompts.encode("a red cube").emphasis_ignored is None  # nothing to ignore without emphasis

@@ -74,12 +74,13 @@ def load_script(models_dir: Path) -> WebUI:
     script_callbacks.clear()
     shared.opts.data.clear()
     shared.opts.data_labels.clear()
-    shared.opts.data.update({"use_old_scheduling": False})
+    shared.opts.data.update({"use_old_scheduling": False, "pad_cond_uncond": False, "pad_cond_uncond_v0": False})
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     spec = importlib.util.spec_from_file_location("ella_script_under_test", ROOT / "scripts" / "ella.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    module.ELLAScript.filename = str(ROOT / "scripts" / "ella.py")  # the WebUI's loader records each script's file
     script_callbacks.ui_settings_callback()  # registers the settings, as the UI build does
     return WebUI(module=module, models_dir=models_dir)
 

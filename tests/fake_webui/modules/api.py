@@ -40,7 +40,8 @@ class Api:
             with closing(cls(**fields, sd_model=sd_model, is_api=True, scripts=runner, script_args=script_args)) as p:
                 self.last_p = p
                 processed = processing.process_images(p)
-            return 200, {"images": processed.images, "info": processed.info, "infotexts": processed.infotexts}
+            return 200, {"images": processed.images, "info": processed.info, "infotexts": processed.infotexts,
+                         "comments": processed.comments}
         except Exception as e:
             return vars(e).get("status_code", 500), {
                 "error": type(e).__name__, "detail": vars(e).get("detail", ""), "errors": str(e)}

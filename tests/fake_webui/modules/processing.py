@@ -38,6 +38,9 @@ class StableDiffusionProcessing:
         self.denoisers = []
         self.closed = False
 
+    def comment(self, text):
+        self.comments[text] = 1
+
     # prompts -------------------------------------------------------------------------------------
     def setup_prompts(self):
         prompts = self.prompt if isinstance(self.prompt, list) else [self.prompt] * (self.batch_size * self.n_iter)

@@ -1,4 +1,6 @@
 """Script base class and a ScriptRunner that slices script_args and swallows hook exceptions like the WebUI's."""
+import sys
+
 from modules import errors
 
 AlwaysVisible = object()
@@ -45,6 +47,8 @@ class ScriptRunner:
         self.alwayson_scripts = []
         self.inputs = [None]  # index 0: the selectable-script dropdown
         for script in scripts_list:
+            module = sys.modules.get(type(script).__module__)
+            script.filename = script.filename or getattr(module, "__file__", None)  # the WebUI sets the script's file
             script.is_img2img = is_img2img
             script.is_txt2img = not is_img2img
             if script.show(is_img2img) is AlwaysVisible:

@@ -86,6 +86,24 @@ class CFGDenoiser:
             return model.forge_objects.unet.model.predictor.timestep(sigma)
         return model.forge_objects.unet.model.model_sampling.timestep(sigma)
 
+    def pad_cond_uncond(self, cond, uncond):
+        """Append empty-prompt CLIP chunks to the shorter one (A1111 "Pad prompt/negative prompt")."""
+        empty = self.p.sd_model.cond_stage_model_empty_prompt
+        repeats = (cond.shape[1] - uncond.shape[1]) // empty.shape[1]
+        if repeats < 0:
+            cond = torch.cat([cond, empty.repeat(cond.shape[0], -repeats, 1)], dim=1)
+        elif repeats > 0:
+            uncond = torch.cat([uncond, empty.repeat(uncond.shape[0], repeats, 1)], dim=1)
+        return cond, uncond
+
+    def pad_cond_uncond_v0(self, cond, uncond):
+        """Repeat uncond's last token, or cut uncond to cond's length (the pre-1.6 DDIM padding)."""
+        if uncond.shape[1] < cond.shape[1]:
+            uncond = torch.cat([uncond, uncond[:, -1:].repeat(1, cond.shape[1] - uncond.shape[1], 1)], dim=1)
+        elif uncond.shape[1] > cond.shape[1]:
+            uncond = uncond[:, : cond.shape[1]]
+        return cond, uncond
+
     def __call__(self, x, sigma, uncond, cond, cond_scale):
         state = shared.state
         if state.interrupted or state.skipped:
@@ -112,6 +130,12 @@ class CFGDenoiser:
             t_img = self.unet_t(params.sigma)
             t_cond, t_unc = t_img[row_image], t_img
         x_cond = x[row_image]
+        if shared.backend == "a1111" and uncond_t is not None and tensor.shape[1] != uncond_t.shape[1]:
+            # A1111 pads right after the callbacks, through these denoiser methods (sd_samplers_cfg_denoiser.py)
+            if shared.opts.pad_cond_uncond_v0:
+                tensor, uncond_t = self.pad_cond_uncond_v0(tensor, uncond_t)
+            elif shared.opts.pad_cond_uncond:
+                tensor, uncond_t = self.pad_cond_uncond(tensor, uncond_t)
         if uncond_t is not None and tensor.shape[1] == uncond_t.shape[1]:
             out = model.apply_model(torch.cat([x_cond, x]), torch.cat([t_cond, t_unc]), torch.cat([tensor, uncond_t]))
             cond_out, unc_out = out[: len(row_image)], out[len(row_image):]
@@ -225,6 +249,10 @@ class FakeSDModel:
         if self.family == "sdxl":
             return {"crossattn": out, "vector": [torch.zeros(2816) for _ in texts]}
         return out
+
+    @property
+    def cond_stage_model_empty_prompt(self):
+        return self.get_learned_conditioning([""])[0][None]
 
     def apply_model(self, x, t, context):
         if self.fail_at_unet_call is not None and len(self.unet_calls) == self.fail_at_unet_call:

@@ -1,0 +1,245 @@
+"""What ELLA does about each extension and WebUI feature that meets its conditioning.
+
+One place answers "ELLA + X": what ELLA keeps of X's structure, what it adapts, and which
+combinations it refuses (with the other extension's name and the fix). The rules, by extension:
+
+* sd-webui-controlnet (A1111): prefixes every CLIP cond row with a marker token (all +1024 for
+  cond, all -1024 for uncond) and reads it at every U-Net call. ELLA keeps any such leading marker
+  tokens in front of its own tokens, in every mode (`split_markers`).
+* A1111 "Pad prompt/negative prompt to be same length": would append an empty CLIP chunk to ELLA's
+  64 tokens (or cut the CLIP negative to 64) when the negative goes through CLIP. ELLA turns the
+  padding off for the denoiser calls whose conditioning it replaced (`suspend_padding`); calls
+  outside ELLA's step range are padded as the user set.
+* Regional Prompter, Attention and Prompt modes: slice the context into 77-token regions; with 64
+  ELLA tokens every region would get the same text. Refused; Latent mode works.
+* Tiled Diffusion, Region Prompt Control: encodes each region's prompt with CLIP. Refused; tiles
+  without regions work.
+* AnimateDiff: its motion module needs cond and uncond in one U-Net call, which a 64-token ELLA
+  cond and a 77-token CLIP negative cannot share: negative through CLIP is refused. Its callback
+  freezes the step-0 conditioning for the whole run, so ELLA's callback runs after it
+  (metadata.ini pins it; `check_callback_order` stops a run where the order is wrong). Prompt
+  travel blends ELLA's own per-frame outputs with AnimateDiff's own blending function at every step.
+* ADetailer: runs the scripts' `process()` on `copy(p)` (handled by the copy-of-p rule in the
+  adapter); its inpaint pass uses ELLA only when "ella" is in its "Script names to apply to
+  ADetailer" setting, and otherwise the image's infotext says the pass used CLIP (`ADETAILER_NOTE`).
+
+Nothing here imports the WebUI: `p` and its scripts are read duck-typed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+
+from .args import INFO_ADETAILER, ELLAArgs
+from .errors import IncompatibleExtensionError
+
+
+# --- conditioning structure that other extensions add ---------------------------------------------
+
+MAX_MARKER_TOKENS = 4
+
+
+def marker_count(cond: Any) -> int:
+    """How many leading tokens of `cond` [rows, tokens, width] are marker tokens.
+
+    A marker token is constant across its width and non-zero in every row (sd-webui-controlnet's
+    +-1024 tokens). No text encoder output is constant over 768 features, so CLIP and ELLA tokens
+    never count.
+    """
+    if not isinstance(cond, torch.Tensor) or cond.ndim != 3 or cond.shape[0] == 0:
+        return 0
+    n = 0
+    while n < min(MAX_MARKER_TOKENS, cond.shape[1] - 1):
+        token = cond[:, n, :]
+        first = token[:, :1]
+        if not bool(((token == first).all() and (first != 0).all()).item()):
+            break
+        n += 1
+    return n
+
+
+def split_markers(cond: Any) -> tuple[Optional[torch.Tensor], Any]:
+    """(marker tokens [rows, k, width] or None, the rest of `cond`)."""
+    n = marker_count(cond)
+    if n == 0:
+        return None, cond
+    return cond[:, :n], cond[:, n:]
+
+
+def with_markers(markers: Optional[torch.Tensor], cond: torch.Tensor) -> torch.Tensor:
+    if markers is None:
+        return cond
+    return torch.cat([markers.to(device=cond.device, dtype=cond.dtype), cond], dim=1)
+
+
+# --- A1111's pad-cond/uncond options -----------------------------------------------------------
+
+PADDING_METHODS = ("pad_cond_uncond", "pad_cond_uncond_v0")
+
+
+def _no_padding(cond, uncond):
+    return cond, uncond
+
+
+def suspend_padding(denoiser: Any, replaced: bool) -> None:
+    """Keep A1111 from padding conditioning that ELLA made (per denoiser, i.e. per job and pass).
+
+    A1111 pads cond and uncond to one length right after the cfg-denoiser callbacks, through these
+    two methods of its denoiser. An instance attribute shadows each for the calls ELLA replaced;
+    it is removed again for the calls ELLA leaves to CLIP, which the user's setting then pads.
+    """
+    if denoiser is None:
+        return
+    for name in PADDING_METHODS:
+        if replaced:
+            if callable(getattr(type(denoiser), name, None)):
+                denoiser.__dict__[name] = _no_padding
+        else:
+            denoiser.__dict__.pop(name, None)
+
+
+# --- other extensions' scripts on this job -----------------------------------------------------
+
+@dataclass(frozen=True)
+class ScriptOnJob:
+    title: str
+    instance: Any
+    args: tuple
+
+
+def scripts_on_job(p: Any) -> Iterator[ScriptOnJob]:
+    runner = getattr(p, "scripts", None)
+    script_args = tuple(getattr(p, "script_args", None) or ())
+    for script in getattr(runner, "alwayson_scripts", None) or ():
+        try:
+            title = str(script.title())
+        except Exception:
+            continue
+        start, stop = getattr(script, "args_from", None), getattr(script, "args_to", None)
+        args = script_args[start:stop] if isinstance(start, int) and isinstance(stop, int) else ()
+        yield ScriptOnJob(title, script, args)
+
+
+def find_script(p: Any, title: str) -> Optional[ScriptOnJob]:
+    return next((s for s in scripts_on_job(p) if s.title.lower() == title.lower()), None)
+
+
+def _field(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def regional_prompter_problem(p: Any, args: ELLAArgs) -> Optional[str]:
+    rp = find_script(p, "Regional Prompter")
+    if rp is None or not getattr(rp.instance, "active", False):
+        return None  # its process() sets active/mode/calc for this job
+    mode, calc = str(getattr(rp.instance, "mode", "")), str(getattr(rp.instance, "calc", ""))
+    if "Pro" in mode:
+        return (
+            f"Regional Prompter's Prompt mode finds each region through CLIP token positions, which ELLA's "
+            f"conditioning does not have. Use a Matrix or Mask region with Generation mode 'Latent', or disable ELLA."
+        )
+    if "Att" in calc:
+        return (
+            "Regional Prompter's Attention mode cuts the conditioning into 77-token CLIP chunks, one per region; "
+            "ELLA's 64 tokens have no such chunks, so every region would get the same text. Set Regional "
+            "Prompter's Generation mode to 'Latent' (each region then gets its own ELLA conditioning), or disable ELLA."
+        )
+    return None
+
+
+def tiled_diffusion_problem(p: Any, args: ELLAArgs) -> Optional[str]:
+    td = find_script(p, "Tiled Diffusion")
+    delegate = getattr(td.instance, "delegate", None) if td is not None else None
+    if delegate is None or not getattr(delegate, "enable_custom_bbox", False):
+        return None
+    return (
+        "Tiled Diffusion's Region Prompt Control encodes each region's prompt with CLIP, so ELLA would not reach "
+        "the regions. Turn off 'Enable Control' under Region Prompt Control (tiling alone works with ELLA), "
+        "or disable ELLA."
+    )
+
+
+def animatediff_params(p: Any) -> Any:
+    ad = find_script(p, "AnimateDiff")
+    if ad is None or not ad.args:
+        return None
+    params = ad.args[0]
+    return params if _field(params, "enable", False) else None
+
+
+def animatediff_problem(p: Any, args: ELLAArgs) -> Optional[str]:
+    if animatediff_params(p) is None or args.negative != "clip":
+        return None
+    return (
+        "AnimateDiff's motion module needs the prompt and the negative prompt in one U-Net call, which ELLA's "
+        "64-token conditioning and a 77-token CLIP negative cannot share. Set ELLA's 'Negative prompt through' "
+        "to ELLA, or disable ELLA."
+    )
+
+
+COMPANION_CHECKS: tuple[Callable[[Any, ELLAArgs], Optional[str]], ...] = (
+    regional_prompter_problem,
+    tiled_diffusion_problem,
+    animatediff_problem,
+)
+
+
+def check_companions(p: Any, args: ELLAArgs) -> None:
+    """Refuse, before sampling, the combinations with other extensions that cannot work.
+
+    Called after every script's `process()`, when the other extensions have read their own
+    arguments for this job.
+    """
+    for check in COMPANION_CHECKS:
+        problem = check(p, args)
+        if problem:
+            raise IncompatibleExtensionError(problem)
+
+
+# --- AnimateDiff at each denoiser call ----------------------------------------------------------
+
+def check_callback_order(p: Any, denoiser: Any, backend: str) -> None:
+    """Stop where AnimateDiff's cfg-denoiser callback would run after ELLA's (A1111's extension).
+
+    Its callback keeps the conditioning it sees at step 0 for every later step, so after it ELLA
+    must replace the conditioning again at every step; before it, ELLA's step-0 output would be
+    used at every timestep.
+    """
+    if backend != "a1111" or int(getattr(denoiser, "step", 0) or 0) != 0 or animatediff_params(p) is None:
+        return
+    inner = getattr(denoiser, "inner_model", None)
+    if inner is not None and getattr(inner, "original_forward", None) is None:
+        raise IncompatibleExtensionError(
+            "ELLA's step callback ran before AnimateDiff's, which would freeze ELLA's first-step conditioning for "
+            "every step. Keep the extension folder names 'sd-webui-animatediff' and 'sd-webui-ella' (ELLA's "
+            "metadata.ini orders the callbacks by them) and reset any custom callback order in Settings."
+        )
+
+
+def prompt_travel(p: Any) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """AnimateDiff's own keyframe blending for this job's cond rows (one per frame), if travel is on."""
+    params = animatediff_params(p)
+    scheduler = _field(params, "prompt_scheduler") if params is not None else None
+    if scheduler is None or getattr(scheduler, "prompt_map", None) is None:
+        return None
+    video_length = int(_field(params, "video_length", 0) or 0)
+    batch_size = int(_field(params, "batch_size", 0) or 0)
+    closed_loop = video_length > batch_size and _field(params, "closed_loop", "") in ("R+P", "A")
+    return lambda cond: scheduler.multi_cond(cond, closed_loop)
+
+
+# --- ADetailer's inpaint pass ------------------------------------------------------------------
+
+ADETAILER_NOTE = (
+    "ELLA: ADetailer's inpaint pass used CLIP, not ELLA. To use ELLA there, add 'ella' to Settings -> ADetailer -> "
+    "'Script names to apply to ADetailer'."
+)
+
+
+def is_adetailer_pass(p: Any) -> bool:
+    return bool(getattr(p, "_ad_inner", False))

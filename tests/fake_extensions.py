@@ -1,0 +1,255 @@
+"""Stand-ins for the extensions that meet ELLA's conditioning, each doing what the real one does to
+`p` and to the conditioning (see ../shared/reference/extension_interplay.md for file:line in each
+repository). Written from that description, not from their code; the live suite runs the real ones.
+"""
+
+from __future__ import annotations
+
+import re
+from copy import copy
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+import webui_env
+
+webui_env.enter_fake_webui()
+
+from modules import processing, prompt_parser, scripts, script_callbacks, shared  # noqa: E402
+
+MARK = 1024.0
+
+
+# --- sd-webui-controlnet (A1111): marker token in front of every CLIP row -------------------------
+
+def _mark_schedules(schedules, positive):
+    out = []
+    for entry in schedules:
+        cond = entry.cond
+        mark = torch.full_like(cond[:1], MARK if positive else -MARK)
+        out.append(prompt_parser.ScheduledPromptConditioning(entry.end_at_step, torch.cat([mark, cond])))
+    return out
+
+
+def mark_cond(c):
+    batch = [[prompt_parser.ComposableScheduledPromptConditioning(_mark_schedules(comp.schedules, True), comp.weight)
+              for comp in row] for row in c.batch]
+    return prompt_parser.MulticondLearnedConditioning(c.shape, batch)
+
+
+def mark_uncond(uc):
+    return None if uc is None else [_mark_schedules(s, False) for s in uc]
+
+
+class FakeControlNet(scripts.Script):
+    """Wraps `p.sample` to mark conds (+1024) and unconds (-1024) at token 0, and the U-Net to read
+    the marker and strip it (or, where the context is unmarked, take every row as cond)."""
+
+    def title(self):
+        return "ControlNet"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        return [SimpleNamespace(value=False)]
+
+    def process(self, p, enabled=False):
+        self.calls = []
+        if not enabled:
+            return
+        sample = p.sample
+
+        def hooked_sample(*args, conditioning=None, unconditional_conditioning=None, **kwargs):
+            return sample(*args, conditioning=mark_cond(conditioning),
+                          unconditional_conditioning=mark_uncond(unconditional_conditioning), **kwargs)
+
+        p.sample = hooked_sample
+        model = p.sd_model
+        unet = model.apply_model
+
+        def hooked_unet(x, t, context):
+            token0 = context[:, 0, :]
+            marked = bool(((token0.abs() - MARK).abs() < 1e-3).all())
+            is_cond = (token0.mean(dim=1) > 0).tolist() if marked else [True] * context.shape[0]
+            self.calls.append(SimpleNamespace(marked=marked, is_cond=is_cond, context=context.detach().clone()))
+            return unet(x, t, context[:, 1:] if marked else context)
+
+        model.apply_model = hooked_unet
+        self.model = model
+
+    def postprocess(self, p, processed, enabled=False):
+        if enabled:
+            del self.model.apply_model
+
+
+# --- Regional Prompter --------------------------------------------------------------------------
+
+class FakeRegionalPrompter(scripts.Script):
+    """Its process() stores active/mode/calc on the script; Latent mode turns BREAK into AND (rp.py:615)."""
+
+    def title(self):
+        return "Regional Prompter"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        return [SimpleNamespace(value=False), SimpleNamespace(value="Matrix"), SimpleNamespace(value="Attention")]
+
+    def process(self, p, active=False, mode="Matrix", calcmode="Attention"):
+        self.active, self.mode, self.calc = bool(active), mode, calcmode
+        if self.active and "La" in calcmode:
+            p.all_prompts = [x.replace(" BREAK ", " AND ") for x in p.all_prompts]
+
+
+# --- Tiled Diffusion ----------------------------------------------------------------------------
+
+class FakeTiledDiffusion(scripts.Script):
+    """Its process() makes a delegate whose enable_custom_bbox says Region Prompt Control is on."""
+
+    def title(self):
+        return "Tiled Diffusion"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        return [SimpleNamespace(value=False), SimpleNamespace(value=False)]
+
+    def process(self, p, enabled=False, enable_bbox_control=False):
+        self.delegate = SimpleNamespace(enable_custom_bbox=bool(enable_bbox_control)) if enabled else None
+
+
+# --- AnimateDiff --------------------------------------------------------------------------------
+
+class KeyframeBlend:
+    """AnimateDiff's prompt travel: each frame's row blends the two nearest keyframes' rows."""
+
+    def __init__(self, prompt_map):
+        self.prompt_map = prompt_map
+        self.calls = 0
+
+    def weights(self, frame):
+        keys = sorted(self.prompt_map)
+        prev = max((k for k in keys if k <= frame), default=keys[0])
+        nxt = min((k for k in keys if k > frame), default=keys[-1])
+        if nxt == prev:
+            return prev, nxt, 0.0
+        return prev, nxt, (frame - prev) / (nxt - prev)
+
+    def multi_cond(self, cond, closed_loop=False):
+        self.calls += 1
+        rows = []
+        for frame in range(cond.shape[0]):
+            a, b, r = self.weights(frame)
+            rows.append((1 - r) * cond[a] + r * cond[b])
+        return torch.stack(rows)
+
+
+class FakeAnimateDiff(scripts.Script):
+    """One args dict; before_process expands "N: text" travel lines into one prompt per frame
+    (animatediff_prompt.py); its cfg-denoiser callback, at step 0, hooks the inner model and keeps
+    that step's (blended) conditioning, which it hands on at every later step (animatediff_infv2v.py)."""
+
+    def title(self):
+        return "AnimateDiff"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        return [SimpleNamespace(value={"enable": False})]
+
+    def before_process(self, p, params=None):
+        params = params or {}
+        FakeAnimateDiff.active = params if params.get("enable") else None
+        if not params.get("enable"):
+            return
+        params.setdefault("video_length", p.batch_size)
+        params.setdefault("batch_size", p.batch_size)
+        lines = p.prompt.strip().split("\n")
+        travel = {int(m.group(1)): m.group(2) for m in (re.match(r"^(\d+): (.+)$", l) for l in lines) if m}
+        params["prompt_scheduler"] = KeyframeBlend(travel) if travel else SimpleNamespace(prompt_map=None)
+        if travel:
+            frames, current = [], ""
+            for frame in range(p.batch_size):
+                current = travel.get(frame, current)
+                frames.append(current)
+            p.prompt = frames * p.n_iter
+
+    active = None
+    frozen = None
+
+    @staticmethod
+    def on_cfg_denoiser(params):
+        ad = FakeAnimateDiff.active
+        if ad is None:
+            return
+        denoiser = params.denoiser
+        if denoiser.step == 0 and getattr(denoiser.inner_model, "original_forward", None) is None:
+            scheduler = ad["prompt_scheduler"]
+            cond = params.text_cond
+            FakeAnimateDiff.frozen = scheduler.multi_cond(cond) if scheduler.prompt_map else cond
+            denoiser.inner_model.original_forward = object()
+        params.text_cond = FakeAnimateDiff.frozen
+
+
+# --- ADetailer ----------------------------------------------------------------------------------
+
+class FakeADetailer(scripts.Script):
+    """After each batch: an inpaint pass per image on a new img2img `p` (`_ad_inner`) that runs only
+    the always-on scripts whose file names are in opts.ad_script_names, with the script args
+    copied; before the next batch, the scripts' process() on copy(p) (!adetailer.py:923-927)."""
+
+    def title(self):
+        return "ADetailer"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        return [SimpleNamespace(value=False), SimpleNamespace(value="")]
+
+    def postprocess_batch(self, p, enabled=False, ad_prompt="", images=None, **kwargs):
+        if not enabled or getattr(p, "_ad_disabled", False):
+            return
+        self.inner = []
+        names = {n.strip() for n in str(getattr(shared.opts, "ad_script_names", "")).split(",")}
+        runner = copy(p.scripts)
+        runner.alwayson_scripts = [s for s in p.scripts.alwayson_scripts if Path(s.filename or "").stem in names]
+        for i in range(images.shape[0]):
+            inner = processing.StableDiffusionProcessingImg2Img(
+                prompt=ad_prompt or p.prompts[i], negative_prompt=p.negative_prompts[i], steps=p.steps,
+                cfg_scale=p.cfg_scale, sampler_name=p.sampler_name, seed=p.seeds[i], sd_model=p.sd_model,
+                init_latent=images[i:i + 1], denoising_strength=0.4, scripts=runner, script_args=list(p.script_args),
+            )
+            inner.extra_generation_params = dict(p.extra_generation_params)
+            inner._ad_inner = True
+            inner._ad_disabled = True
+            calls_before = len(p.sd_model.unet_calls)
+            processing.process_images(inner)
+            self.inner.append(SimpleNamespace(p=inner, calls=p.sd_model.unet_calls[calls_before:]))
+        if p.iteration < p.n_iter - 1:
+            copy_p = copy(p)
+            p.scripts.before_process(copy_p)
+            p.scripts.process(copy_p)
+
+
+def install_animatediff_callback(before_ella: bool) -> None:
+    """Register the fake AnimateDiff's callback before (the pinned order) or after ELLA's."""
+    callbacks = script_callbacks.callbacks_cfg_denoiser
+    if FakeAnimateDiff.on_cfg_denoiser in callbacks:
+        callbacks.remove(FakeAnimateDiff.on_cfg_denoiser)
+    if before_ella:
+        callbacks.insert(0, FakeAnimateDiff.on_cfg_denoiser)
+    else:
+        callbacks.append(FakeAnimateDiff.on_cfg_denoiser)
+
+
+def remove_animatediff_callback() -> None:
+    callbacks = script_callbacks.callbacks_cfg_denoiser
+    if FakeAnimateDiff.on_cfg_denoiser in callbacks:
+        callbacks.remove(FakeAnimateDiff.on_cfg_denoiser)
+    FakeAnimateDiff.active = None

@@ -1,0 +1,92 @@
+"""Test-only WebUI extension: records what every U-Net and control-model call receives.
+
+Install it beside sd-webui-ella only to run tests/live (symlink tests/live/probe_extension into the
+WebUI's extensions folder). It adds two routes:
+
+    POST /ella-probe/v1/reset          start recording afresh
+    POST /ella-probe/v1/dump {"path"}  torch.save the recorded calls to that file (same machine)
+
+Each record: {"module": "unet" | "control", "t": [N], "context": [N, tokens, width]}. The U-Net is
+hooked before every sampling pass (A1111: sd_model.model.diffusion_model; Forge/reForge: the
+U-Net patcher's model); control models are found by class name when a pass starts.
+"""
+
+import gc
+
+import torch
+
+from modules import script_callbacks, scripts
+
+RECORDS = []
+HOOKED = {}  # id(module) -> (handle, weakref-free name)
+CONTROL_CLASSES = ("ControlNet", "ControlNetModel", "ControlModel")
+
+
+def _record(kind):
+    def hook(module, args, kwargs):
+        context = kwargs.get("context")
+        if context is None and len(args) > 2 and kind == "unet":
+            context = args[2]
+        if context is None and kind == "control":
+            context = args[3] if len(args) > 3 else None
+        t = kwargs.get("timesteps")
+        if t is None:
+            t = kwargs.get("t")
+        if t is None and len(args) > (1 if kind == "unet" else 2):
+            t = args[1] if kind == "unet" else args[2]
+        if isinstance(context, torch.Tensor):
+            RECORDS.append({
+                "module": kind,
+                "t": t.detach().float().cpu().reshape(-1) if isinstance(t, torch.Tensor) else torch.tensor([float("nan")]),
+                "context": context.detach().float().cpu().clone(),
+            })
+    return hook
+
+
+def _hook(module, kind):
+    if module is None or id(module) in HOOKED:
+        return
+    HOOKED[id(module)] = module.register_forward_pre_hook(_record(kind), with_kwargs=True)
+
+
+def unet_of(sd_model):
+    forge = getattr(sd_model, "forge_objects", None)
+    if forge is not None:
+        return forge.unet.model.diffusion_model
+    return sd_model.model.diffusion_model
+
+
+class ProbeScript(scripts.Script):
+    sorting_priority = 10_000
+
+    def title(self):
+        return "ELLA live probe"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        _hook(unet_of(p.sd_model), "unet")
+        for obj in gc.get_objects():
+            try:
+                if isinstance(obj, torch.nn.Module) and type(obj).__name__ in CONTROL_CLASSES:
+                    _hook(obj, "control")
+            except ReferenceError:
+                continue
+
+
+def routes(_demo, app):
+    from fastapi import Body
+
+    @app.post("/ella-probe/v1/reset")
+    def reset():
+        RECORDS.clear()
+        return {"ok": True}
+
+    @app.post("/ella-probe/v1/dump")
+    def dump(path: str = Body(..., embed=True)):
+        torch.save(list(RECORDS), path)
+        return {"calls": len(RECORDS)}
+
+
+script_callbacks.on_app_started(routes)

@@ -1,0 +1,403 @@
+"""ELLA beside other extensions in a real WebUI: what reaches the U-Net (and the control model).
+
+Opt-in, like the rest of tests/live (see conftest.py), and it also needs the probe extension in
+tests/live/probe_extension linked into the WebUI's extensions folder (it records each U-Net and
+control-model call; the WebUI must run on this machine). Each test skips, with the reason, when
+the extension it is about is not installed; nothing is installed from here.
+
+Every test compares what the U-Net received, call by call, with ELLA's reference for that row's
+text at the t that call received (computed here from the tiny models the suite writes).
+"""
+import base64
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_live_api import MODEL, MODELS, T5, call, ella, info, txt2img
+
+TOL = 2e-3  # fp16 T5 on both sides; relative to the largest value
+STEPS = 3
+
+
+# --- the probe and the references -------------------------------------------------------------------
+
+def scripts_installed():
+    status, scripts = call("/sdapi/v1/scripts")
+    assert status == 200
+    return {s.lower() for s in scripts["txt2img"]} | {s.lower() for s in scripts["img2img"]}
+
+
+def require(*titles):
+    names = scripts_installed()
+    missing = [t for t in titles if t.lower() not in names]
+    if missing:
+        pytest.skip(f"not installed in this WebUI: {', '.join(missing)}")
+
+
+@pytest.fixture(autouse=True)
+def probe():
+    status, _ = call("/ella-probe/v1/reset", {})
+    if status == 404:
+        pytest.skip("link tests/live/probe_extension into the WebUI's extensions folder to run these")
+    yield
+
+
+def recorded(kind="unet"):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "calls.pt")
+        status, body = call("/ella-probe/v1/dump", {"path": path})
+        assert status == 200, body
+        calls = torch.load(path)
+    return [c for c in calls if c["module"] == kind]
+
+
+_REF = {}
+
+
+def reference(text, t):
+    """ELLA's output for `text` at timestep t, from the tiny live models (cached per text and t)."""
+    from ella_ext import load_ella
+    from ella_ext.t5 import load_t5_encoder
+
+    key = (text, round(float(t), 4))
+    if key not in _REF:
+        if "models" not in _REF:
+            _REF["models"] = (
+                load_t5_encoder(MODELS / "ELLA" / "t5" / T5, precision="auto"),
+                load_ella(MODELS / "ELLA" / f"{MODEL}.safetensors"),
+            )
+        encoder, tsc = _REF["models"]
+        features = encoder.encode(encoder.tokenize(text, truncate_at=128))
+        with torch.inference_mode():
+            _REF[key] = tsc(features.float(), torch.tensor([float(t)]))[0]
+    return _REF[key]
+
+
+def close(a, b):
+    return a.shape == b.shape and float((a - b).abs().max()) <= TOL * max(1.0, float(b.abs().max()))
+
+
+def ella_rows(calls, texts_per_row):
+    """For each call, check each row against one of the allowed texts; returns the matched text per row."""
+    matched = []
+    for c in calls:
+        row_texts = []
+        for row in range(c["context"].shape[0]):
+            t = float(c["t"][row if c["t"].numel() > 1 else 0])
+            context = c["context"][row, -64:] if c["context"].shape[1] != 64 else c["context"][row]
+            hit = next((text for text in texts_per_row if close(context[:64], reference(text, t))), None)
+            row_texts.append(hit)
+        matched.append(row_texts)
+    return matched
+
+
+def image_bytes(name="init.png"):
+    return base64.b64encode((Path(__file__).with_name(name)).read_bytes()).decode()
+
+
+# --- XYZ plot ------------------------------------------------------------------------------------
+
+def xyz_args(axis_label, values):
+    status, infos = call("/sdapi/v1/script-info")
+    xyz = next(s for s in infos if s["name"] in ("x/y/z plot", "xyz plot", "xyz_grid") and not s["is_img2img"])
+    labels = [a["label"] for a in xyz["args"]]
+    x_type = next(a for a in xyz["args"] if a["label"] == "X type")
+    args = [a["value"] for a in xyz["args"]]
+    args[labels.index("X type")] = x_type["choices"].index(axis_label)
+    args[labels.index("X values")] = values
+    for label in ("Y type", "Z type"):
+        args[labels.index(label)] = 0
+    args[labels.index("Include Sub Images")] = True
+    return args
+
+
+def test_xyz_on_off_cells_carry_only_their_own_infotext():
+    status, body = txt2img(steps=STEPS, script_name="x/y/z plot", script_args=xyz_args("ELLA: on/off", "On,Off"),
+                           alwayson_scripts={"ELLA": {"args": [{"enabled": False, "model": MODEL, "t5": T5}]}})
+    assert status == 200, body
+    texts = info(body)["infotexts"]
+    on, off = texts[-2], texts[-1]  # the grid first, then each cell's image
+    assert f"ELLA: {MODEL} [" in on
+    assert "ELLA" not in off, off
+    contexts = [c["context"].shape[1] for c in recorded()]
+    assert contexts == [64] * STEPS + [77] * STEPS
+
+
+def test_xyz_prompt_sr_reaches_ella():
+    status, body = txt2img(prompt="a red cube", steps=STEPS, script_name="x/y/z plot",
+                           script_args=xyz_args("Prompt S/R", "red,blue"), alwayson_scripts=ella())
+    assert status == 200, body
+    calls = recorded()
+    assert len(calls) == 2 * STEPS
+    assert [r[0] for r in ella_rows(calls, ["a red cube", "a blue cube"])] == ["a red cube"] * STEPS + ["a blue cube"] * STEPS
+
+
+# --- ControlNet (sd-webui-controlnet on A1111, built in on Forge) -------------------------------------
+
+def controlnet_unit(**kw):
+    unit = {"enabled": True, "image": image_bytes(), "module": "None", "model": os.environ.get(
+        "ELLA_LIVE_CONTROLNET_MODEL", "control_v11p_sd15_canny_random"), "weight": 1.0, "resize_mode": "Just Resize",
+        "control_mode": "Balanced", "pixel_perfect": False}
+    unit.update(kw)
+    return unit
+
+
+@pytest.mark.parametrize("mode, negative", [("ella", "ella"), ("ella+clip", "ella"), ("ella", "clip")])
+@pytest.mark.parametrize("control_mode", ["Balanced", "ControlNet is more important"])
+def test_controlnet_sees_ella_and_keeps_its_marker(mode, negative, control_mode):
+    require("controlnet")
+    prompt, neg = "a red cube on a glossy table", "blurry"
+    status, body = txt2img(prompt=prompt, negative_prompt=neg, steps=STEPS, alwayson_scripts=ella(mode=mode, negative=negative) | {
+        "ControlNet": {"args": [controlnet_unit(control_mode=control_mode)]}})
+    assert status == 200, body
+    unet, control = recorded("unet"), recorded("control")
+    assert control, "the control model never ran"
+    marker = None
+    for c in unet:
+        token0 = c["context"][:, 0]
+        if bool(((token0.abs() - 1024).abs() < 1e-3).all()):
+            marker = True
+        else:
+            assert marker is None, "some U-Net calls carry ControlNet's marker and some do not"
+            marker = False
+        body_ = c["context"][:, 1:] if marker else c["context"]
+        for row in range(body_.shape[0]):
+            is_cond = bool(token0[row].mean() > 0) if marker else None
+            t = float(c["t"][row if c["t"].numel() > 1 else 0])
+            if body_.shape[1] == 77:  # CLIP negative
+                assert negative == "clip" and is_cond in (False, None)
+                continue
+            text = prompt if (is_cond if marker else close(body_[row, :64], reference(prompt, t))) else neg
+            assert close(body_[row, :64], reference(text, t)), (row, t)
+    for c in control:  # the control model gets ELLA's context too (markerless: it reads after unmarking)
+        rows = ella_rows([c], [prompt, neg])[0]
+        assert all(r is not None or c["context"].shape[1] == 77 for r in rows)
+
+
+# --- ADetailer ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("listed", [False, True])
+def test_adetailer_batch_count_two(listed):
+    require("adetailer")
+    names = "dynamic_prompting,dynamic_thresholding,wildcard_recursive,wildcards,lora_block_weight,negpip"
+    if listed:
+        names += ",ella"
+    prompt = "ASTRONAUTPHOTO a portrait photo of an astronaut"
+    status, body = txt2img(prompt=prompt, steps=STEPS, n_iter=2, width=128, height=128,
+                           override_settings={"ad_script_names": names},
+                           alwayson_scripts=ella() | {"ADetailer": {"args": [True, False, {
+                               "ad_model": "mediapipe_face_full", "ad_prompt": "a detailed face", "ad_steps": STEPS,
+                               "ad_use_steps": True, "ad_denoising_strength": 0.4}]}})
+    assert status == 200, body
+    assert len(body["images"]) == 2
+    texts = info(body)["infotexts"]
+    calls = recorded()
+    main = [c for c, rows in zip(calls, ella_rows(calls, [prompt])) if rows[0] == prompt]
+    assert len(main) == 2 * STEPS  # both batches used ELLA at every step
+    inpaint = [c for c in calls if not any(c is m for m in main)]
+    assert inpaint, "ADetailer found no face: is the photo helper extension installed?"
+    if listed:
+        rows = ella_rows(inpaint, ["a detailed face", ""])
+        assert all(r[0] == "a detailed face" for r in rows)
+        assert not any("ELLA ADetailer" in t for t in texts)
+    else:
+        assert all(c["context"].shape[1] == 77 for c in inpaint)
+        assert all("ELLA ADetailer: CLIP" in t for t in texts)
+
+
+# --- Dynamic Prompts ------------------------------------------------------------------------------
+
+def test_dynamic_prompts_each_image_gets_its_own_prompt():
+    require("dynamic prompts")
+    status, body = txt2img(prompt="a {red|blue|green|yellow} cube", steps=STEPS, batch_size=2, n_iter=2, seed=3,
+                           alwayson_scripts=ella())
+    assert status == 200, body
+    prompts = info(body)["all_prompts"]
+    assert len(prompts) == 4
+    calls = recorded()
+    for batch in range(2):
+        for c in calls[batch * STEPS:(batch + 1) * STEPS]:
+            t = float(c["t"][0])
+            for i in range(2):
+                assert close(c["context"][i], reference(prompts[batch * 2 + i], t))
+
+
+# --- Regional Prompter ----------------------------------------------------------------------------
+
+def rp_args(mode):
+    return {"Regional Prompter": {"args": [True, False, "Matrix", "Columns", "Mask", "Prompt", "1,1", "0.2", False, False,
+                                           False, mode, False, "0", "0", "0.4", None, "0", "0", False]}}
+
+
+def test_regional_prompter_latent_mode_gets_one_row_per_region():
+    require("regional prompter")
+    status, body = txt2img(prompt="a red cube BREAK a blue sphere", steps=STEPS, alwayson_scripts=ella() | rp_args("Latent"))
+    assert status == 200, body
+    rows = ella_rows(recorded(), ["a red cube", "a blue sphere", ""])
+    assert all({"a red cube", "a blue sphere"} <= set(r) for r in rows), rows
+
+
+def test_regional_prompter_attention_mode_is_refused():
+    require("regional prompter")
+    status, body = txt2img(prompt="a red cube BREAK a blue sphere", steps=STEPS, alwayson_scripts=ella() | rp_args("Attention"))
+    assert status == 422, body
+    assert "Regional Prompter" in json.dumps(body) and "Latent" in json.dumps(body)
+    assert recorded() == []
+
+
+# --- Tiled Diffusion ------------------------------------------------------------------------------
+
+def td_args(region_control):
+    bbox = [True, 0.0, 0.0, 0.5, 1.0, "a red cube", "", "Background", 0.2, -1] if region_control else []
+    return {"Tiled Diffusion": {"args": [True, "MultiDiffusion", False, True, 1024, 1024, 64, 64, 16, 2, "None", 2,
+                                         False, 10, 1, 1, 64, False, region_control, False, False, *bbox]}}
+
+
+def test_tiled_diffusion_tiles_get_ella():
+    require("tiled diffusion")
+    status, body = txt2img(steps=STEPS, width=192, height=192, alwayson_scripts=ella() | td_args(False))
+    assert status == 200, body
+    rows = ella_rows(recorded(), ["a red cube on a glossy table", ""])
+    assert rows and all(r and all(x is not None for x in r) for r in rows)
+
+
+def test_tiled_diffusion_region_control_is_refused():
+    require("tiled diffusion")
+    status, body = txt2img(steps=STEPS, width=192, height=192, alwayson_scripts=ella() | td_args(True))
+    assert status == 422, body
+    assert "Region Prompt Control" in json.dumps(body)
+
+
+# --- AnimateDiff ----------------------------------------------------------------------------------
+
+def ad_args(**kw):
+    params = {"enable": True, "video_length": 16, "batch_size": 16, "fps": 8, "format": ["PNG"],
+              "model": os.environ.get("ELLA_LIVE_MOTION_MODULE", "mm_sd15_v2_random.safetensors")}
+    params.update(kw)
+    return {"AnimateDiff": {"args": [params]}}
+
+
+def slerp(v0, v1, r):
+    u0, u1 = v0 / v0.norm(), v1 / v1.norm()
+    dot = (u0 * u1).sum()
+    if dot.abs() > 0.9995:
+        return (1 - r) * v0 + r * v1
+    omega = dot.acos()
+    return (((1 - r) * omega).sin() * v0 + (r * omega).sin() * v1) / omega.sin()
+
+
+def test_animatediff_16_frames_get_ella_at_every_step():
+    require("animatediff")
+    prompt = "a red cube spinning"
+    status, body = txt2img(prompt=prompt, steps=STEPS, batch_size=16, alwayson_scripts=ella() | ad_args())
+    assert status == 200, body
+    calls = recorded()
+    ts = sorted({round(float(c["t"][0]), 3) for c in calls})
+    assert len(ts) == STEPS  # ELLA's output follows t at every step (AnimateDiff alone would freeze step 0's)
+    for rows in ella_rows(calls, [prompt, ""]):
+        assert all(r is not None for r in rows)
+
+
+def test_animatediff_prompt_travel_blends_ella():
+    require("animatediff")
+    status, body = txt2img(prompt="0: a red cube\n15: a blue sphere", steps=STEPS, batch_size=16, alwayson_scripts=ella() | ad_args())
+    assert status == 200, body
+    for c in recorded():
+        cond = c["context"][:16] if c["context"].shape[0] >= 16 else None
+        if cond is None or c["context"].shape[0] != 32:
+            continue
+        t = float(c["t"][0])
+        red, blue = reference("a red cube", t), reference("a blue sphere", t)
+        for frame in range(16):
+            assert close(cond[frame], slerp(red, blue, frame / 15)), frame
+
+
+def test_animatediff_with_clip_negative_is_refused():
+    require("animatediff")
+    status, body = txt2img(steps=STEPS, batch_size=16, alwayson_scripts=ella(negative="clip") | ad_args())
+    assert status == 422, body
+    assert "AnimateDiff" in json.dumps(body)
+
+
+# --- built-ins --------------------------------------------------------------------------------------
+
+def test_pad_prompt_option_leaves_ella_unpadded():
+    status, body = txt2img(negative_prompt="blurry", steps=STEPS, override_settings={"pad_cond_uncond": True},
+                           alwayson_scripts=ella(negative="clip"))
+    assert status == 200, body
+    calls = recorded()
+    cond = [c for c in calls if c["context"].shape[1] == 64]
+    assert len(cond) == STEPS and all(c["context"].shape[1] in (64, 77) for c in calls)
+    for c in cond:
+        assert close(c["context"][0], reference("a red cube on a glossy table", float(c["t"][0])))
+
+
+def test_prompts_from_file_each_line_gets_ella():
+    status, body = txt2img(steps=STEPS, script_name="prompts from file or textbox",
+                           script_args=[False, False, "start", "a red cube\na blue sphere"], alwayson_scripts=ella())
+    assert status == 200, body
+    rows = [r[0] for r in ella_rows(recorded(), ["a red cube", "a blue sphere"])]
+    assert rows == ["a red cube"] * STEPS + ["a blue sphere"] * STEPS
+
+
+def test_inpaint_only_masked_gets_ella():
+    image = image_bytes()
+    from PIL import Image
+
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    buf = io.BytesIO()
+    mask.save(buf, format="PNG")
+    status, body = call("/sdapi/v1/img2img", {
+        "init_images": [image], "mask": base64.b64encode(buf.getvalue()).decode(), "inpaint_full_res": True,
+        "inpaint_full_res_padding": 8, "prompt": "a red cube", "steps": STEPS, "width": 64, "height": 64,
+        "denoising_strength": 0.75, "alwayson_scripts": ella()})
+    assert status == 200, body
+    rows = ella_rows(recorded(), ["a red cube", ""])
+    assert rows and all(r[0] == "a red cube" for r in rows)
+
+
+def test_sd_upscale_gets_ella():
+    status, body = call("/sdapi/v1/img2img", {
+        "init_images": [image_bytes()], "prompt": "a red cube", "steps": STEPS, "width": 64, "height": 64,
+        "denoising_strength": 0.5, "script_name": "sd upscale", "script_args": [None, 16, "Lanczos", 2.0],
+        "alwayson_scripts": ella()})
+    assert status == 200, body
+    rows = ella_rows(recorded(), ["a red cube", ""])
+    assert rows and all(r[0] == "a red cube" for r in rows)
+
+
+def test_refiner_of_the_same_family_gets_ella():
+    refiner = os.environ.get("ELLA_LIVE_REFINER")
+    if not refiner:
+        pytest.skip("set ELLA_LIVE_REFINER to a second SD1.5 checkpoint's title")
+    status, body = txt2img(steps=4, refiner_checkpoint=refiner, refiner_switch_at=0.5, alwayson_scripts=ella())
+    assert status == 200, body
+    rows = ella_rows(recorded(), ["a red cube on a glossy table", ""])
+    assert len(rows) == 4 and all(r[0] == "a red cube on a glossy table" for r in rows)
+
+
+FORGE_BUILTINS = {
+    # script title -> args that turn it on (Forge's built-in extensions)
+    "PerturbedAttentionGuidance Integrated": [True, 3.0],
+    "SelfAttentionGuidance Integrated": [True, 0.5, 2.0, 1.0],
+    "FreeU Integrated (SD 1.x, SD 2.x, SDXL)": [True, 1.01, 1.02, 0.99, 0.95, 0.0, 1.0],
+    "Kohya HRFix Integrated": [True, 3, 2.0, 0.0, 0.35, True, "bicubic", "bicubic"],
+    "Never OOM Integrated": [True, True],
+}
+
+
+@pytest.mark.parametrize("title", sorted(FORGE_BUILTINS))
+def test_forge_builtins_get_ella(title):
+    require(title)
+    status, body = txt2img(steps=STEPS, alwayson_scripts=ella() | {title: {"args": FORGE_BUILTINS[title]}})
+    assert status == 200, body
+    rows = ella_rows(recorded(), ["a red cube on a glossy table", ""])
+    assert rows and all(r[0] == "a red cube on a glossy table" for r in rows), rows
+    assert f"ELLA: {MODEL} [" in info(body)["infotexts"][0]
