@@ -215,9 +215,11 @@ def check_callback_order(p: Any, denoiser: Any, backend: str) -> None:
     inner = getattr(denoiser, "inner_model", None)
     if inner is not None and getattr(inner, "original_forward", None) is None:
         raise IncompatibleExtensionError(
-            "ELLA's step callback ran before AnimateDiff's, which would freeze ELLA's first-step conditioning for "
-            "every step. Keep the extension folder names 'sd-webui-animatediff' and 'sd-webui-ella' (ELLA's "
-            "metadata.ini orders the callbacks by them) and reset any custom callback order in Settings."
+            "AnimateDiff had not set up the sampler when ELLA's step callback ran: either its motion module did not "
+            "load (see AnimateDiff's message in the console), or its callback runs after ELLA's, which would freeze "
+            "ELLA's first-step conditioning for every step. Keep the extension folder names 'sd-webui-animatediff' "
+            "and 'sd-webui-ella' (ELLA's metadata.ini orders the callbacks by them) and reset any custom callback "
+            "order in Settings."
         )
 
 

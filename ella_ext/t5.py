@@ -295,8 +295,10 @@ def _load_tokenizer(folder: Path) -> tuple[object, Optional[str]]:
 
     A fast tokenizer is needed for emphasis (its offsets map prompt text to tokens). It is read from
     tokenizer.json; where this `tokenizers` cannot read that file (AUTOMATIC1111 pins tokenizers
-    0.13, which fails on files that newer versions write), it is built from spiece.model instead,
-    which gives the same tokens. Only where both fail is the slow tokenizer used.
+    0.13, which fails on files that newer versions write), the file is rewritten into the older
+    form, and failing that the tokenizer is converted from spiece.model (which needs a protobuf
+    that transformers' generated code accepts: not the 4.x that ADetailer's mediapipe installs).
+    Each gives the same tokens. Only where all fail is the slow tokenizer used.
     """
     import transformers
 
@@ -307,11 +309,12 @@ def _load_tokenizer(folder: Path) -> tuple[object, Optional[str]]:
             return fast.from_pretrained(str(folder), local_files_only=True), None
         except Exception as exc:  # transformers raises many types here; report them all
             errors.append(f"tokenizer.json: {type(exc).__name__}: {_first_line(exc)}")
-        if (folder / "spiece.model").is_file() and (folder / "tokenizer.json").is_file():
-            try:
-                return _fast_from_spiece(fast, folder), None
-            except Exception as exc:
-                errors.append(f"spiece.model: {type(exc).__name__}: {_first_line(exc)}")
+        if (folder / "tokenizer.json").is_file():
+            for name, build in (("tokenizer.json in the older format", _fast_from_older_json), ("spiece.model", _fast_from_spiece)):
+                try:
+                    return build(fast, folder), None
+                except Exception as exc:
+                    errors.append(f"{name}: {type(exc).__name__}: {_first_line(exc)}")
     slow = getattr(transformers, "T5Tokenizer", None)
     if slow is not None:
         try:
@@ -330,6 +333,40 @@ def _load_tokenizer(folder: Path) -> tuple[object, Optional[str]]:
         f"T5 tokenizer in '{folder}' could not be loaded ({'; '.join(errors)}). "
         "Make sure tokenizer.json or spiece.model are complete and that sentencepiece is installed."
     )
+
+
+def _older_metaspace(node):
+    """Rewrite, in place, Metaspace entries of a newer tokenizer.json into the form tokenizers 0.13 reads.
+
+    Newer versions write {"prepend_scheme": "always", "split": true} where 0.13 expects
+    {"add_prefix_space": true}; 0.13's Metaspace always splits, as T5's does.
+    """
+    if isinstance(node, dict):
+        if node.get("type") == "Metaspace" and "prepend_scheme" in node:
+            scheme = node.pop("prepend_scheme")
+            node.pop("split", None)
+            node["add_prefix_space"] = scheme != "never"
+        for value in node.values():
+            _older_metaspace(value)
+    elif isinstance(node, list):
+        for value in node:
+            _older_metaspace(value)
+    return node
+
+
+def _fast_from_older_json(fast_class, folder: Path):
+    """The fast tokenizer from the folder's tokenizer.json rewritten for an older tokenizers (no protobuf needed)."""
+    import tempfile
+
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    with tempfile.TemporaryDirectory(prefix="ella-t5-tokenizer-") as tmp:
+        (Path(tmp) / "tokenizer.json").write_text(json.dumps(_older_metaspace(data)), encoding="utf-8")
+        for name in SPIECE_COMPANIONS[1:]:
+            if (folder / name).is_file():
+                (Path(tmp) / name).write_bytes((folder / name).read_bytes())
+        tokenizer = fast_class.from_pretrained(tmp, local_files_only=True)
+    log.info("ELLA: read %s/tokenizer.json in the form this tokenizers version understands", folder)
+    return tokenizer
 
 
 def _fast_from_spiece(fast_class, folder: Path):

@@ -5,7 +5,7 @@ Everything but the UI lives in `ella_ext` (see `ella_ext/webui.py` for the WebUI
 
 import gradio as gr
 
-from modules import script_callbacks, scripts
+from modules import scripts
 
 from ella_ext.args import (
     CONDITIONING_MODES,
@@ -16,7 +16,7 @@ from ella_ext.args import (
     LONG_PROMPT_POLICIES,
     NEGATIVE_MODES,
 )
-from ella_ext.webui import ELLAExtension, register_settings, register_xyz_axes
+from ella_ext.webui import ELLAExtension, register_callback, register_settings, register_xyz_axes
 
 try:
     from modules.ui_components import InputAccordion
@@ -103,7 +103,10 @@ def _infotext_field(index):
     return read
 
 
-script_callbacks.on_cfg_denoiser(EXTENSION.cfg_denoiser, name="ella")
-script_callbacks.on_ui_settings(register_settings)
-script_callbacks.on_script_unloaded(EXTENSION.runtime.unload_all)
-script_callbacks.on_before_ui(register_xyz_axes)
+register_callback("cfg_denoiser", EXTENSION.cfg_denoiser, name="ella", filename=__file__)
+register_callback("ui_settings", register_settings, filename=__file__)
+register_callback("script_unloaded", EXTENSION.runtime.unload_all, filename=__file__)
+# The XYZ plot (a built-in script, loaded before extensions) builds its axis list in its ui(), which
+# API-only WebUIs run before on_before_ui: add the axes now, and again (idempotent) before the UI.
+register_xyz_axes()
+register_callback("before_ui", register_xyz_axes, filename=__file__)

@@ -335,4 +335,28 @@ def test_metadata_pins_ella_after_animatediff():
     section = f"callbacks/{name}/ella.py/cfg_denoiser/ella"  # the name A1111 gives on_cfg_denoiser(name="ella") in scripts/ella.py
     assert section in config
     assert config[section]["After"] == "sd-webui-animatediff/animatediff.py/cfg_denoiser"
-    assert 'on_cfg_denoiser(EXTENSION.cfg_denoiser, name="ella")' in (webui_env.ROOT / "scripts" / "ella.py").read_text()
+    assert 'register_callback("cfg_denoiser", EXTENSION.cfg_denoiser, name="ella", filename=__file__)' in (
+        webui_env.ROOT / "scripts" / "ella.py").read_text()
+
+
+def test_callbacks_are_registered_with_their_file(monkeypatch):
+    """add_callback with the file (no inspect.stack(), ~80 ms each at WebUI start); on_* where it takes none."""
+    from modules import script_callbacks
+    from ella_ext.webui import register_callback
+
+    added, public = [], []
+
+    def add_callback(callbacks, fun, *, name=None, category="unknown", filename=None):
+        added.append((category, name, filename))
+        callbacks.append(fun)
+
+    monkeypatch.setattr(script_callbacks, "callback_map", {"callbacks_cfg_denoiser": []}, raising=False)
+    monkeypatch.setattr(script_callbacks, "add_callback", add_callback, raising=False)
+    monkeypatch.setattr(script_callbacks, "on_cfg_denoiser", lambda fn, name=None: public.append(fn))
+    register_callback("cfg_denoiser", print, name="ella", filename="/x/extensions/sd-webui-ella/scripts/ella.py")
+    assert added == [("cfg_denoiser", "ella", "/x/extensions/sd-webui-ella/scripts/ella.py")] and public == []
+    assert script_callbacks.callback_map["callbacks_cfg_denoiser"] == [print]
+
+    monkeypatch.setattr(script_callbacks, "add_callback", lambda callbacks, fun, *, name=None, category="unknown": None)
+    register_callback("cfg_denoiser", len, name="ella", filename="f.py")
+    assert public == [len]  # a WebUI whose add_callback takes no file: the public function

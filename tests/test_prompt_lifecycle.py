@@ -194,3 +194,21 @@ def test_ignored_emphasis_is_said_in_infotext_and_comments(webui, monkeypatch):
     assert "has no fast tokenizer (reason), so prompt emphasis is ignored" in body["comments"]
     status, body = run(webui, payload("a glossy teapot without emphasis") | {"alwayson_scripts": ella()})
     assert status == 200 and "ELLA emphasis ignored" not in body["info"]
+
+
+def test_xyz_axes_exist_without_the_ui(webui, tmp_path):
+    """API-only WebUIs (--nowebui) build the XYZ script's axis list before on_before_ui: ELLA adds its
+    axes when scripts/ella.py loads, since the XYZ script (built in) is loaded before extensions."""
+    import xyz_grid
+    from modules import scripts
+
+    saved = list(xyz_grid.axis_options)
+    scripts.scripts_data.append(ScriptClassData(xyz_grid.Script, "scripts/xyz_grid.py", ".", xyz_grid))
+    try:
+        webui_env.load_script(webui.models_dir)  # no before_ui callback here
+        assert [o.label for o in xyz_grid.axis_options if o.label.startswith("ELLA")] == [
+            "ELLA: on/off", "ELLA: token length", "ELLA: conditioning", "ELLA: start", "ELLA: end"]
+    finally:
+        scripts.scripts_data.clear()
+        xyz_grid.axis_options[:] = saved
+        webui.module = webui_env.load_script(webui.models_dir).module  # later tests use the callbacks' module

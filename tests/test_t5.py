@@ -325,3 +325,28 @@ def test_slow_tokenizer_says_why_emphasis_is_ignored(tmp_path, t5_folder, monkey
     weighted = prompts.encode("a (red:1.5) cube")
     assert weighted.emphasis_ignored == enc.tokenizer_note and not weighted.weighted
     assert prompts.encode("a red cube").emphasis_ignored is None  # nothing to ignore without emphasis
+
+
+@pytest.mark.parametrize("way", ["older json", "spiece.model"])
+def test_each_fallback_alone_gives_the_same_tokens(tmp_path, t5_folder, monkeypatch, way):
+    """Under tokenizers 0.13 the file from the newest tokenizers needs a fallback; each must do on its own
+    (A1111 with ADetailer has protobuf 4, where the spiece.model conversion fails)."""
+    folder, expected = with_newest_tokenizer(t5_folder, tmp_path / "f")
+
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("not available here")
+
+    monkeypatch.setattr(t5mod, "_fast_from_spiece" if way == "older json" else "_fast_from_older_json", unavailable)
+    enc = load_t5_encoder(folder, precision="fp32")
+    assert enc.tokenizer.is_fast and enc.tokenizer_note is None
+    for prompt, ids in expected["ids"].items():
+        assert list(enc.tokenizer(prompt)["input_ids"]) == ids, prompt
+
+
+def test_older_metaspace_rewrite():
+    new = {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "WhitespaceSplit"}, {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}]},
+        "decoder": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": True}}
+    old = t5mod._older_metaspace(new)
+    assert old["pre_tokenizer"]["pretokenizers"][1] == {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True}
+    assert old["decoder"] == {"type": "Metaspace", "replacement": "▁", "add_prefix_space": False}

@@ -6,18 +6,23 @@
 The suite writes tiny ELLA/T5 models into <models>/ELLA (names ella-live-tiny, t5/flan-live-tiny),
 so the WebUI needs any SD1.5 checkpoint loaded (random weights are fine) and nothing else.
 """
-import os
-
 import pytest
 
-URL = os.environ.get("ELLA_WEBUI_URL")
-MODELS = os.environ.get("ELLA_WEBUI_MODELS_DIR")
+from live_env import CONFIGURED, write_tiny_models
 
 
 def pytest_collection_modifyitems(config, items):
-    if URL and MODELS:
+    if CONFIGURED:
         return
     skip = pytest.mark.skip(reason="set ELLA_WEBUI_URL and ELLA_WEBUI_MODELS_DIR to run the live WebUI suite")
     for item in items:
         if "tests/live" in str(item.fspath):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_models():
+    """The tiny ELLA model and T5 folder every live test names, written into the WebUI's models folder once."""
+    if CONFIGURED:
+        write_tiny_models()
+    yield

@@ -8,12 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import factories
+from live_env import MODEL, MODELS, T5, URL
 
-URL = (os.environ.get("ELLA_WEBUI_URL") or "").rstrip("/")
-MODELS = Path(os.environ.get("ELLA_WEBUI_MODELS_DIR") or ".")
-MODEL = "ella-live-tiny"
-T5 = "flan-live-tiny"
 SAMPLERS = [s.strip() for s in os.environ.get("ELLA_LIVE_SAMPLERS", "Euler,Euler a,DPM++ 2M,DDIM,UniPC").split(",")]
 
 
@@ -29,21 +25,6 @@ def call(path, payload=None, timeout=600):
             return e.code, json.loads(body)
         except ValueError:
             return e.code, {"raw": body.decode(errors="replace")}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def tiny_models():
-    from ella_ext.tsc import TSCConfig
-
-    from webui_env import SD15_TINY
-
-    tsc = MODELS / "ELLA" / f"{MODEL}.safetensors"
-    if not tsc.exists():
-        factories.write_tsc(tsc, TSCConfig(**SD15_TINY), seed=5)
-    t5 = MODELS / "ELLA" / "t5" / T5
-    if not (t5 / "config.json").exists():
-        factories.write_t5_folder(t5, "ella", seed=2)
-    yield
 
 
 def txt2img(**kw):

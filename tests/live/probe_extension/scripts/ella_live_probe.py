@@ -8,7 +8,8 @@ WebUI's extensions folder). It adds two routes:
 
 Each record: {"module": "unet" | "control", "t": [N], "context": [N, tokens, width]}. The U-Net is
 hooked before every sampling pass (A1111: sd_model.model.diffusion_model; Forge/reForge: the
-U-Net patcher's model); control models are found by class name when a pass starts.
+U-Net patcher's model); control models are found by class name when a pass starts and at the
+first U-Net call after a reset.
 """
 
 import gc
@@ -22,8 +23,19 @@ HOOKED = {}  # id(module) -> (handle, weakref-free name)
 CONTROL_CLASSES = ("ControlNet", "ControlNetModel", "ControlModel")
 
 
+def hook_control_models():
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.nn.Module) and type(obj).__name__ in CONTROL_CLASSES:
+                _hook(obj, "control")
+        except ReferenceError:
+            continue
+
+
 def _record(kind):
     def hook(module, args, kwargs):
+        if kind == "unet" and not any(r["module"] == "unet" for r in RECORDS):
+            hook_control_models()  # Forge loads its control models after the scripts' sampling hooks
         context = kwargs.get("context")
         if context is None and len(args) > 2 and kind == "unet":
             context = args[2]
@@ -67,12 +79,7 @@ class ProbeScript(scripts.Script):
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         _hook(unet_of(p.sd_model), "unet")
-        for obj in gc.get_objects():
-            try:
-                if isinstance(obj, torch.nn.Module) and type(obj).__name__ in CONTROL_CLASSES:
-                    _hook(obj, "control")
-            except ReferenceError:
-                continue
+        hook_control_models()
 
 
 def routes(_demo, app):
