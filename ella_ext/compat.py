@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from .args import INFO_ADETAILER, ELLAArgs
+from .args import ELLAArgs
 from .errors import IncompatibleExtensionError
 
 
@@ -140,8 +140,8 @@ def regional_prompter_problem(p: Any, args: ELLAArgs) -> Optional[str]:
     mode, calc = str(getattr(rp.instance, "mode", "")), str(getattr(rp.instance, "calc", ""))
     if "Pro" in mode:
         return (
-            f"Regional Prompter's Prompt mode finds each region through CLIP token positions, which ELLA's "
-            f"conditioning does not have. Use a Matrix or Mask region with Generation mode 'Latent', or disable ELLA."
+            "Regional Prompter's Prompt mode finds each region through CLIP token positions, which ELLA's "
+            "conditioning does not have. Use a Matrix or Mask region with Generation mode 'Latent', or disable ELLA."
         )
     if "Att" in calc:
         return (

@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from . import compat
-from .args import CONDITIONING_MODES, INFO_EMPHASIS_IGNORED, INFO_TRUNCATED, LENGTH_MODES, ELLAArgs, is_ella_info_key
+from .args import (
+    CONDITIONING_MODES,
+    INFO_ADETAILER,
+    INFO_EMPHASIS_IGNORED,
+    INFO_TRUNCATED,
+    LENGTH_MODES,
+    ELLAArgs,
+    is_ella_info_key,
+)
 from .discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, list_ella_models, list_t5_encoders
 from .errors import ELLAError, UnsupportedModelError
 from .plan import DenoiserCall, Interrupted, JobPlan, PassSpec
@@ -462,9 +470,9 @@ class ELLAExtension:
         """ADetailer runs its inpaint pass inside an ELLA job without ELLA: say so on that job's images."""
         outer = next((j for j in (ref() for ref in reversed(self._open_jobs)) if j is not None and j.error is None), None)
         p = outer.owner() if outer is not None else None
-        if p is not None and compat.INFO_ADETAILER not in p.extra_generation_params:
+        if p is not None and INFO_ADETAILER not in p.extra_generation_params:
             log.warning("%s", compat.ADETAILER_NOTE)
-            note(p, compat.INFO_ADETAILER, "CLIP", compat.ADETAILER_NOTE)
+            note(p, INFO_ADETAILER, "CLIP", compat.ADETAILER_NOTE)
 
     def postprocess(self, p) -> None:
         job = active_job(p)

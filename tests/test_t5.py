@@ -288,6 +288,18 @@ def test_tokenizer_json_of_the_newest_tokenizers_gives_a_fast_tokenizer(tmp_path
     tokens = enc.tokenize("a red cube on a table")
     assert tokens.offsets is not None and len(tokens.offsets) == len(tokens.ids)
 
+    from ella_ext.feature_cache import FeatureCache
+    from ella_ext.prompt_encoding import PromptEncoder
+    from ella_ext.prompt_syntax import BuiltinPromptSyntax
+
+    prompts = PromptEncoder(lambda: enc, "newest|fp32", FeatureCache(), BuiltinPromptSyntax(),
+                            fixed_length=None, truncate_at=128, emphasis="no norm")
+    plain, weighted = prompts.encode("a red cube"), prompts.encode("a (red:1.5) cube")
+    assert weighted.weighted and weighted.emphasis_ignored is None
+    changed = (weighted.features - plain.features).abs().amax(dim=1) > 0
+    assert 1 <= int(changed.sum()) < len(changed)  # only the tokens of "red" are scaled
+    assert torch.allclose(weighted.features[changed], plain.features[changed] * 1.5)
+
 
 def test_unreadable_tokenizer_json_falls_back_to_spiece_model(tmp_path, t5_folder):
     folder = copy_folder(t5_folder, tmp_path / "f")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from live_env import MODEL, MODELS, T5, URL
+from live_env import MODEL, T5, URL
 
 SAMPLERS = [s.strip() for s in os.environ.get("ELLA_LIVE_SAMPLERS", "Euler,Euler a,DPM++ 2M,DDIM,UniPC").split(",")]
 

@@ -10,7 +10,6 @@ text at the t that call received (computed here from the tiny models the suite w
 """
 import base64
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -432,3 +431,31 @@ def test_forge_builtins_get_ella(title):
     assert rows and all(None not in r for r in rows), rows  # extra guidance calls (SAG, PAG) get ELLA's rows too
     assert sum("a red cube on a glossy table" in r for r in rows) >= STEPS
     assert f"ELLA: {MODEL} [" in info(body)["infotexts"][0]
+
+
+def test_emphasis_reaches_ella_conditioning():
+    """A1111 pins tokenizers 0.13, which cannot read the tiny T5's tokenizer.json (written by the newest
+    tokenizers, as recent releases write it): emphasis must still reach T5's features."""
+    from ella_ext.feature_cache import FeatureCache
+    from ella_ext.prompt_encoding import PromptEncoder
+    from ella_ext.prompt_syntax import BuiltinPromptSyntax
+
+    prompt = "a (red:1.6) cube"
+    status, body = txt2img(prompt=prompt, steps=STEPS, alwayson_scripts=ella())
+    assert status == 200, body
+    assert "ELLA emphasis ignored" not in info(body)["infotexts"][0]
+    reference("", 0)  # loads the models
+    encoder, tsc = _REF["models"]
+    prompts = PromptEncoder(lambda: encoder, "live", FeatureCache(), BuiltinPromptSyntax(), fixed_length=None,
+                            truncate_at=128, emphasis="original")
+    encoded = prompts.encode(prompt)
+    assert encoded.weighted
+    differs = 0
+    for c in recorded():
+        t = float(c["t"][0])
+        with torch.inference_mode():
+            weighted = tsc(encoded.features.float()[None], torch.tensor([t]))[0]
+        rows = [row for row in range(c["context"].shape[0]) if close(c["context"][row], weighted)]
+        assert len(rows) == 1, t  # the cond row is the weighted prompt's
+        differs += not close(c["context"][rows[0]], reference("a red cube", t))
+    assert differs >= 1
