@@ -418,6 +418,9 @@ FORGE_BUILTINS = {
     "freeu integrated (sd 1.x, sd 2.x, sdxl)": [True, 1.01, 1.02, 0.99, 0.95, 0.0, 1.0],
     "kohya hrfix integrated": [True, 3, 2.0, 0.0, 0.35, True, "bicubic", "bicubic"],
     "never oom integrated": [True, False],
+    # reForge's names for the same two (it has no PAG)
+    "selfattentionguidance integrated": [True, 0.5, 2.0],
+    "freeu integrated": [True, 1.01, 1.02, 0.99, 0.95],
 }
 
 

@@ -96,4 +96,15 @@ def routes(_demo, app):
         return {"calls": len(RECORDS)}
 
 
+def rehook(params):
+    """At every step: a refiner switch (reForge rebuilds the model) brings a U-Net not seen at the pass start."""
+    from modules import shared
+
+    try:
+        _hook(unet_of(shared.sd_model), "unet")
+    except AttributeError:
+        pass
+
+
 script_callbacks.on_app_started(routes)
+script_callbacks.on_cfg_denoiser(rehook)
