@@ -354,31 +354,31 @@ def _older_metaspace(node):
     return node
 
 
-def _fast_from_older_json(fast_class, folder: Path):
-    """The fast tokenizer from the folder's tokenizer.json rewritten for an older tokenizers (no protobuf needed)."""
+def _fast_from_files(fast_class, folder: Path, names, tokenizer_json: Optional[dict] = None):
+    """The fast tokenizer from some of the folder's tokenizer files (and a replacement tokenizer.json), in a temp folder."""
+    import shutil
     import tempfile
 
-    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     with tempfile.TemporaryDirectory(prefix="ella-t5-tokenizer-") as tmp:
-        (Path(tmp) / "tokenizer.json").write_text(json.dumps(_older_metaspace(data)), encoding="utf-8")
-        for name in SPIECE_COMPANIONS[1:]:
+        for name in names:
             if (folder / name).is_file():
-                (Path(tmp) / name).write_bytes((folder / name).read_bytes())
-        tokenizer = fast_class.from_pretrained(tmp, local_files_only=True)
+                shutil.copyfile(folder / name, Path(tmp) / name)
+        if tokenizer_json is not None:
+            (Path(tmp) / "tokenizer.json").write_text(json.dumps(tokenizer_json), encoding="utf-8")
+        return fast_class.from_pretrained(tmp, local_files_only=True)
+
+
+def _fast_from_older_json(fast_class, folder: Path):
+    """The fast tokenizer from the folder's tokenizer.json rewritten for an older tokenizers (no protobuf needed)."""
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer = _fast_from_files(fast_class, folder, SPIECE_COMPANIONS[1:], tokenizer_json=_older_metaspace(data))
     log.info("ELLA: read %s/tokenizer.json in the form this tokenizers version understands", folder)
     return tokenizer
 
 
 def _fast_from_spiece(fast_class, folder: Path):
     """The fast tokenizer converted from spiece.model, ignoring the folder's tokenizer.json."""
-    import shutil
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="ella-t5-tokenizer-") as tmp:
-        for name in SPIECE_COMPANIONS:
-            if (folder / name).is_file():
-                shutil.copyfile(folder / name, Path(tmp) / name)
-        tokenizer = fast_class.from_pretrained(tmp, local_files_only=True)
+    tokenizer = _fast_from_files(fast_class, folder, SPIECE_COMPANIONS)
     log.info("ELLA: %s/tokenizer.json is not readable by this tokenizers version; built the tokenizer from spiece.model", folder)
     return tokenizer
 

@@ -298,8 +298,8 @@ def clear_job(p) -> None:
         job.plan = None
 
 
-def own_infotext(p) -> dict:
-    """Give `p` its own generation-parameter dict, without ELLA's entries, and return it.
+def own_infotext(p) -> None:
+    """Give `p` its own generation-parameter dict, without ELLA's entries.
 
     Copies of one `p` share its `extra_generation_params`: writing ELLA's entries into the shared
     dict would give them to every other copy (an XYZ cell without ELLA would say ELLA), and
@@ -307,7 +307,6 @@ def own_infotext(p) -> dict:
     """
     params = getattr(p, "extra_generation_params", None) or {}
     p.extra_generation_params = {k: v for k, v in params.items() if not is_ella_info_key(k)}
-    return p.extra_generation_params
 
 
 # --- the extension ----------------------------------------------------------------------------

@@ -21,6 +21,22 @@ from modules import processing, prompt_parser, scripts, script_callbacks, shared
 MARK = 1024.0
 
 
+class FakeAlwaysOn(scripts.Script):
+    """An always-visible script whose UI values default to `DEFAULTS` (its API args in that order)."""
+
+    TITLE = ""
+    DEFAULTS: tuple = ()
+
+    def title(self):
+        return self.TITLE
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        return [SimpleNamespace(value=v) for v in self.DEFAULTS]
+
+
 # --- sd-webui-controlnet (A1111): marker token in front of every CLIP row -------------------------
 
 def _mark_schedules(schedules, positive):
@@ -42,18 +58,12 @@ def mark_uncond(uc):
     return None if uc is None else [_mark_schedules(s, False) for s in uc]
 
 
-class FakeControlNet(scripts.Script):
+class FakeControlNet(FakeAlwaysOn):
     """Wraps `p.sample` to mark conds (+1024) and unconds (-1024) at token 0, and the U-Net to read
     the marker and strip it (or, where the context is unmarked, take every row as cond)."""
 
-    def title(self):
-        return "ControlNet"
-
-    def show(self, is_img2img):
-        return scripts.AlwaysVisible
-
-    def ui(self, is_img2img):
-        return [SimpleNamespace(value=False)]
+    TITLE = "ControlNet"
+    DEFAULTS = (False,)
 
     def process(self, p, enabled=False):
         self.calls = []
@@ -86,17 +96,11 @@ class FakeControlNet(scripts.Script):
 
 # --- Regional Prompter --------------------------------------------------------------------------
 
-class FakeRegionalPrompter(scripts.Script):
+class FakeRegionalPrompter(FakeAlwaysOn):
     """Its process() stores active/mode/calc on the script; Latent mode turns BREAK into AND (rp.py:615)."""
 
-    def title(self):
-        return "Regional Prompter"
-
-    def show(self, is_img2img):
-        return scripts.AlwaysVisible
-
-    def ui(self, is_img2img):
-        return [SimpleNamespace(value=False), SimpleNamespace(value="Matrix"), SimpleNamespace(value="Attention")]
+    TITLE = "Regional Prompter"
+    DEFAULTS = (False, "Matrix", "Attention")
 
     def process(self, p, active=False, mode="Matrix", calcmode="Attention"):
         self.active, self.mode, self.calc = bool(active), mode, calcmode
@@ -106,17 +110,11 @@ class FakeRegionalPrompter(scripts.Script):
 
 # --- Tiled Diffusion ----------------------------------------------------------------------------
 
-class FakeTiledDiffusion(scripts.Script):
+class FakeTiledDiffusion(FakeAlwaysOn):
     """Its process() makes a delegate whose enable_custom_bbox says Region Prompt Control is on."""
 
-    def title(self):
-        return "Tiled Diffusion"
-
-    def show(self, is_img2img):
-        return scripts.AlwaysVisible
-
-    def ui(self, is_img2img):
-        return [SimpleNamespace(value=False), SimpleNamespace(value=False)]
+    TITLE = "Tiled Diffusion"
+    DEFAULTS = (False, False)
 
     def process(self, p, enabled=False, enable_bbox_control=False):
         self.delegate = SimpleNamespace(enable_custom_bbox=bool(enable_bbox_control)) if enabled else None
@@ -148,19 +146,13 @@ class KeyframeBlend:
         return torch.stack(rows)
 
 
-class FakeAnimateDiff(scripts.Script):
+class FakeAnimateDiff(FakeAlwaysOn):
     """One args dict; before_process expands "N: text" travel lines into one prompt per frame
     (animatediff_prompt.py); its cfg-denoiser callback, at step 0, hooks the inner model and keeps
     that step's (blended) conditioning, which it hands on at every later step (animatediff_infv2v.py)."""
 
-    def title(self):
-        return "AnimateDiff"
-
-    def show(self, is_img2img):
-        return scripts.AlwaysVisible
-
-    def ui(self, is_img2img):
-        return [SimpleNamespace(value={"enable": False})]
+    TITLE = "AnimateDiff"
+    DEFAULTS = ({"enable": False},)
 
     def before_process(self, p, params=None):
         params = params or {}
@@ -198,19 +190,13 @@ class FakeAnimateDiff(scripts.Script):
 
 # --- ADetailer ----------------------------------------------------------------------------------
 
-class FakeADetailer(scripts.Script):
+class FakeADetailer(FakeAlwaysOn):
     """After each batch: an inpaint pass per image on a new img2img `p` (`_ad_inner`) that runs only
     the always-on scripts whose file names are in opts.ad_script_names, with the script args
     copied; before the next batch, the scripts' process() on copy(p) (!adetailer.py:923-927)."""
 
-    def title(self):
-        return "ADetailer"
-
-    def show(self, is_img2img):
-        return scripts.AlwaysVisible
-
-    def ui(self, is_img2img):
-        return [SimpleNamespace(value=False), SimpleNamespace(value="")]
+    TITLE = "ADetailer"
+    DEFAULTS = (False, "")
 
     def postprocess_batch(self, p, enabled=False, ad_prompt="", images=None, **kwargs):
         if not enabled or getattr(p, "_ad_disabled", False):
