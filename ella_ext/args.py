@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .discovery import check_name, strip_hash
 from .errors import ArgumentError, ModelPathError
+from .prompt_syntax import AND_SEPARATOR, EXTRA_NETWORK
 
 # canonical value -> label shown in the UI and written to the infotext
 LENGTH_MODES = {"flexible": "Flexible", "fixed": "Fixed 128"}
@@ -43,6 +44,8 @@ INFO_STEPS = "ELLA steps"
 INFO_EMPHASIS = "ELLA emphasis"
 INFO_LONG = "ELLA long prompts"
 INFO_TRUNCATED = "ELLA truncated"
+INFO_CLIP_PROMPT = "ELLA CLIP prompt"
+INFO_CLIP_NEGATIVE = "ELLA CLIP negative"
 # what ELLA could not do in a job, recorded so the image says so (never read back as an argument)
 INFO_EMPHASIS_IGNORED = "ELLA emphasis ignored"
 INFO_ADETAILER = "ELLA ADetailer"
@@ -67,6 +70,9 @@ class ELLAArgs:
     end: float = 1.0
     emphasis: str = "original"
     long_prompts: str = "truncate"
+    # ELLA + CLIP mode: the text CLIP encodes instead of the prompt / negative prompt ("" = the same text)
+    clip_prompt: str = ""
+    clip_negative: str = ""
 
     # --- construction -------------------------------------------------------------------------
 
@@ -141,6 +147,18 @@ class ELLAArgs:
                 f"ELLA 'start' ({self.start}) and 'end' ({self.end}) must satisfy 0 <= start < end <= 1 "
                 "(fractions of the sampling steps)."
             )
+        for name, text in zip(("clip_prompt", "clip_negative"), self.clip_texts):
+            if name == "clip_prompt" and AND_SEPARATOR.search(text):
+                raise ArgumentError(
+                    f"ELLA '{name}' contains AND: the main prompt decides the sub-prompts, and every sub-prompt gets "
+                    "the same CLIP text. Remove AND from the CLIP text."
+                )
+            tag = EXTRA_NETWORK.search(text)
+            if tag:
+                raise ArgumentError(
+                    f"ELLA '{name}' contains the extra-network tag '{tag.group(0)}'. Put LoRA/hypernetwork tags in the main "
+                    "prompt: the WebUI activates them from there, for CLIP and the U-Net."
+                )
         if self.enabled:
             for name, what in (("model", "ELLA model"), ("t5", "T5 encoder")):
                 try:
@@ -157,6 +175,14 @@ class ELLAArgs:
     @property
     def truncate_at(self) -> Optional[int]:
         return FIXED_LENGTH if self.long_prompts == "truncate" else None
+
+    @property
+    def clip_texts(self) -> tuple[str, str]:
+        """(prompt, negative) texts for CLIP that replace the job's own; used in ELLA + CLIP mode only
+        (like the WebUI's hires prompt while hires fix is off, they are kept but unused otherwise)."""
+        if self.mode != "ella+clip":
+            return "", ""
+        return self.clip_prompt, self.clip_negative
 
     def ui_values(self) -> list[Any]:
         """Values for the UI components, in FIELDS order (labels for the radio buttons)."""
@@ -189,6 +215,11 @@ class ELLAArgs:
             info[INFO_EMPHASIS] = EMPHASIS_MODES[self.emphasis]
         if self.long_prompts != "truncate":
             info[INFO_LONG] = LONG_PROMPT_POLICIES[self.long_prompts]
+        clip_prompt, clip_negative = self.clip_texts
+        if clip_prompt:
+            info[INFO_CLIP_PROMPT] = clip_prompt
+        if clip_negative:
+            info[INFO_CLIP_NEGATIVE] = clip_negative
         return info
 
     @classmethod
@@ -198,7 +229,8 @@ class ELLAArgs:
             return cls()
         data: dict[str, Any] = {"enabled": True, "model": strip_hash(str(params[INFO_MODEL]))}
         for key, field in ((INFO_T5, "t5"), (INFO_LENGTH, "length"), (INFO_MODE, "mode"),
-                           (INFO_NEGATIVE, "negative"), (INFO_EMPHASIS, "emphasis"), (INFO_LONG, "long_prompts")):
+                           (INFO_NEGATIVE, "negative"), (INFO_EMPHASIS, "emphasis"), (INFO_LONG, "long_prompts"),
+                           (INFO_CLIP_PROMPT, "clip_prompt"), (INFO_CLIP_NEGATIVE, "clip_negative")):
             if key in params:
                 data[field] = str(params[key])
         if INFO_STEPS in params:
@@ -228,6 +260,12 @@ def _as_bool(value: Any, name: str) -> bool:
 def _normalise(name: str, value: Any) -> Any:
     if name == "enabled":
         return _as_bool(value, name)
+    if name in ("clip_prompt", "clip_negative"):
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise ArgumentError(f"ELLA '{name}' must be a text (string), got {type(value).__name__}.")
+        return value
     if name in ("model", "t5"):
         if value is None:
             return ""

@@ -73,6 +73,9 @@ class DenoiserCall:
     timesteps: torch.Tensor  # U-Net timesteps: [N_c + B] (A1111), [B] (Forge/reForge) or [1]
     text_cond: Any
     text_uncond: Any  # None where the backend skips the negative half (Forge at CFG 1)
+    # ELLA + CLIP with a separate CLIP text: the WebUI's own conditioning of that text, one row per image
+    clip_cond: Optional[torch.Tensor] = None
+    clip_uncond: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -293,8 +296,12 @@ class JobPlan:
             )
         cond_markers, cond = split_markers(cond)
         uncond_markers = None
-        if use_uncond:
+        clip_mode = self.args.mode == "ella+clip"
+        replace_uncond = use_uncond or (clip_mode and call.clip_uncond is not None and isinstance(uncond, torch.Tensor))
+        if replace_uncond:
             uncond_markers, uncond = split_markers(uncond)
+        if clip_mode:
+            cond, uncond = self._clip_part(plan, call, cond, uncond)
         t_cond, t_uncond = self.row_timesteps(plan, call.timesteps, use_uncond)
         texts = plan.rows_at(call.step, use_uncond)
         t = torch.cat([t_cond, t_uncond]) if use_uncond else t_cond
@@ -304,12 +311,21 @@ class JobPlan:
         if self.cond_transform is not None:
             new_cond = self.cond_transform(new_cond)
         new_uncond = out[n:] if use_uncond else uncond
-        if self.args.mode == "ella+clip":
+        if clip_mode:
             new_cond = torch.cat([new_cond, cond], dim=1)
             if use_uncond:
                 new_uncond = torch.cat([new_uncond, uncond.to(device=cond.device, dtype=cond.dtype)], dim=1)
         new_cond = with_markers(cond_markers, new_cond)
-        if use_uncond:
+        if replace_uncond:
             new_uncond = with_markers(uncond_markers, new_uncond)
         self.stats.steps_ella += 1
         return new_cond, new_uncond
+
+    def _clip_part(self, plan: PassPlan, call: DenoiserCall, cond: torch.Tensor, uncond: Any) -> tuple[torch.Tensor, Any]:
+        """The CLIP rows of ELLA + CLIP: the WebUI's own, or those of the user's separate CLIP text."""
+        if call.clip_cond is not None:
+            rows = torch.tensor(plan.cond_row_image, device=call.clip_cond.device)
+            cond = call.clip_cond[rows].to(device=cond.device, dtype=cond.dtype)
+        if call.clip_uncond is not None and uncond is not None:
+            uncond = call.clip_uncond.to(device=cond.device, dtype=cond.dtype)
+        return cond, uncond

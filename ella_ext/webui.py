@@ -239,6 +239,56 @@ def prompt_syntax() -> PromptSyntax:
         return BuiltinPromptSyntax()
 
 
+# --- ELLA + CLIP with a separate CLIP text -----------------------------------------------------
+
+@dataclass
+class ClipTextConds:
+    """The WebUI's own CLIP conditioning of ELLA's separate CLIP texts, for one sampling pass."""
+
+    cond: Any = None  # MulticondLearnedConditioning of the CLIP prompt, one per image
+    uncond: Any = None  # ScheduledPromptConditioning lists of the CLIP negative, one per image
+
+    @classmethod
+    def make(cls, p, spec: PassSpec, args: ELLAArgs) -> "ClipTextConds":
+        """Made the way the WebUI's setup_conds makes a plain job's conds (same functions, autocast,
+        schedule), after extra networks are active, so LoRA tags of the main prompt act on it too."""
+        from modules import devices, prompt_parser, shared
+
+        prompt, negative = args.clip_texts
+        images = len(spec.prompts)
+        hires = spec.hires_steps is not None
+        size = {"width": getattr(p, "hr_upscale_to_x", p.width) if hires else p.width,
+                "height": getattr(p, "hr_upscale_to_y", p.height) if hires else p.height}
+        conds = cls()
+        with devices.autocast():
+            if prompt:
+                conds.cond = prompt_parser.get_multicond_learned_conditioning(
+                    shared.sd_model, prompt_parser.SdConditioning([prompt] * images, **size),
+                    spec.steps, spec.hires_steps, spec.use_old_scheduling)
+            if negative:
+                conds.uncond = prompt_parser.get_learned_conditioning(
+                    shared.sd_model, prompt_parser.SdConditioning([negative] * images, is_negative_prompt=True, **size),
+                    spec.steps, spec.hires_steps, spec.use_old_scheduling)
+        return conds
+
+    def at(self, step: int) -> tuple[Any, Any]:
+        """Rows (one per image) at a denoiser step, as the WebUI's denoiser reconstructs its own."""
+        from modules import prompt_parser
+
+        cond = prompt_parser.reconstruct_multicond_batch(self.cond, step)[1] if self.cond is not None else None
+        uncond = prompt_parser.reconstruct_cond_batch(self.uncond, step) if self.uncond is not None else None
+        return cond, uncond
+
+
+def clip_text_conds(job: "ELLAJob", p, spec: PassSpec) -> Optional[ClipTextConds]:
+    if not any(job.args.clip_texts):
+        return None
+    conds = job.clip_texts.get(spec)
+    if conds is None:
+        conds = job.clip_texts[spec] = ClipTextConds.make(p, spec, job.args)
+    return conds
+
+
 # --- per-job state ----------------------------------------------------------------------------
 
 @dataclass
@@ -250,6 +300,7 @@ class ELLAJob:
     plan: Optional[JobPlan] = None
     error: Optional[ELLAError] = None
     guards: dict[str, Any] = field(default_factory=dict)
+    clip_texts: dict[PassSpec, "ClipTextConds"] = field(default_factory=dict)
 
     def fail(self, exc: BaseException) -> ELLAError:
         if self.error is None:
@@ -417,7 +468,9 @@ class ELLAExtension:
             job.plan.cond_transform = compat.prompt_travel(p)
             if job.plan.cond_transform is not None:
                 log.info("ELLA: AnimateDiff prompt travel: ELLA's outputs are blended between the keyframes at every step")
-            job.plan.prepare(self.pass_spec(p))
+            spec = self.pass_spec(p)
+            job.plan.prepare(spec)
+            clip_text_conds(job, p, spec)
             if not any(ref() is job for ref in self._open_jobs):
                 self._open_jobs.append(weakref.ref(job))
             if job.plan.truncated:
@@ -446,17 +499,23 @@ class ELLAExtension:
         try:
             if job.plan is None:
                 raise ELLAError("ELLA was not set up for this job.")
-            plan = job.plan.prepare(self.pass_spec(p))
+            spec = self.pass_spec(p)
+            plan = job.plan.prepare(spec)
             compat.check_callback_order(p, denoiser, self.backend)
             from .timesteps import unet_timesteps
 
             t = unet_timesteps(self.backend, denoiser, params.sigma, getattr(p, "sd_model", None))
+            step = int(denoiser.step)
+            clip = clip_text_conds(job, p, spec)
+            clip_cond, clip_uncond = clip.at(step) if clip is not None else (None, None)
             call = DenoiserCall(
-                step=int(denoiser.step),
+                step=step,
                 total_steps=int(getattr(denoiser, "total_steps", None) or params.total_sampling_steps or 1),
                 timesteps=t,
                 text_cond=params.text_cond,
                 text_uncond=params.text_uncond,
+                clip_cond=clip_cond,
+                clip_uncond=clip_uncond,
             )
             cond, uncond = job.plan.apply(plan, call)
             compat.suspend_padding(denoiser, replaced=cond is not call.text_cond)

@@ -66,6 +66,14 @@ class ELLAScript(scripts.Script):
                                   elem_id=self.elem_id("start"))
                 end = gr.Slider(label="ELLA end", minimum=0.0, maximum=1.0, step=0.01, value=defaults.end,
                                 elem_id=self.elem_id("end"))
+            # shown in ELLA + CLIP mode only; like the hires prompt, kept but unused in the other mode
+            with gr.Row(visible=defaults.mode == "ella+clip") as clip_row:
+                clip_prompt = gr.Textbox(label="CLIP prompt (empty: the prompt)", lines=2, value=defaults.clip_prompt,
+                                         placeholder="Trigger words, embeddings, style tags: what CLIP encodes; T5 gets the prompt",
+                                         elem_id=self.elem_id("clip_prompt"))
+                clip_negative = gr.Textbox(label="CLIP negative prompt (empty: the negative prompt)", lines=2,
+                                           value=defaults.clip_negative, elem_id=self.elem_id("clip_negative"))
+            mode.change(fn=_clip_row_visibility, inputs=[mode], outputs=[clip_row], show_progress=False)
             with gr.Row():
                 emphasis = gr.Radio(label="Prompt emphasis", choices=list(EMPHASIS_MODES.values()),
                                     value=EMPHASIS_MODES[defaults.emphasis], elem_id=self.elem_id("emphasis"))
@@ -73,7 +81,9 @@ class ELLAScript(scripts.Script):
                                         value=LONG_PROMPT_POLICIES[defaults.long_prompts],
                                         elem_id=self.elem_id("long_prompts"))
 
-        components = [enabled, model, t5, length, mode, negative, start, end, emphasis, long_prompts]
+        components = [enabled, model, t5, length, mode, negative, start, end, emphasis, long_prompts,
+                      clip_prompt, clip_negative]
+        assert len(components) == len(ELLAArgs.field_names())
         self.infotext_fields = [
             (component, _infotext_field(index)) for index, component in enumerate(components)
         ]
@@ -87,6 +97,10 @@ class ELLAScript(scripts.Script):
 
     def postprocess(self, p, processed, *args):
         EXTENSION.postprocess(p)
+
+
+def _clip_row_visibility(mode_label):
+    return gr.update(visible=mode_label == CONDITIONING_MODES["ella+clip"])
 
 
 def _infotext_field(index):

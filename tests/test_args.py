@@ -57,8 +57,13 @@ def test_bad_dicts_name_the_field(payload, message):
 
 
 def test_too_many_positional_args():
-    with pytest.raises(ArgumentError, match="at most 10 positional"):
-        ELLAArgs.from_script_args(UI + [1])
+    with pytest.raises(ArgumentError, match="at most 12 positional"):
+        ELLAArgs.from_script_args(UI + ["clip text", "clip negative", 1])
+
+
+def test_positional_lists_of_older_versions_still_work():
+    # API clients written before the CLIP text fields send 10 values
+    assert ELLAArgs.from_script_args(UI[:10]).to_dict() == {**ELLAArgs.from_script_args(UI).to_dict(), "clip_prompt": "", "clip_negative": ""}
 
 
 def test_positional_enabled_must_be_bool():

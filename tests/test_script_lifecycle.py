@@ -268,15 +268,18 @@ def test_callback_ignores_other_processing_objects(webui):
 def test_infotext_paste_restores_the_accordion(webui):
     from modules import infotext_utils
 
-    status, body = run(webui, payload() | {"alwayson_scripts": ella(length="fixed", mode="ella+clip", start=0.1, end=0.9, emphasis="ignore")})
+    clip_prompt = 'sks style, (masterpiece:1.2), "quoted"\nsecond line'
+    status, body = run(webui, payload() | {"alwayson_scripts": ella(length="fixed", mode="ella+clip", start=0.1, end=0.9, emphasis="ignore",
+                                                                     clip_prompt=clip_prompt, clip_negative="blurry")})
     assert status == 200
     script = webui.api().runners[False].alwayson_scripts[0]
     params = infotext_utils.parse_generation_parameters(body["info"])
     values = list(infotext_utils.paste(script, params).values())
-    assert values == [True, MODEL_NAME, T5_NAME, "Fixed 128", "ELLA + CLIP", "ELLA", 0.1, 0.9, "Ignore", "Truncate to 128"]
+    assert values == [True, MODEL_NAME, T5_NAME, "Fixed 128", "ELLA + CLIP", "ELLA", 0.1, 0.9, "Ignore", "Truncate to 128",
+                      clip_prompt, "blurry"]
     # an infotext without ELLA turns the accordion off and leaves the rest alone
     off = list(infotext_utils.paste(script, {"Steps": "20"}).values())
-    assert off == [False] + [None] * 9
+    assert off == [False] + [None] * 11
 
 
 def test_infotext_field_of_the_api_reproduces_the_job(webui):

@@ -4,7 +4,7 @@ from contextlib import closing  # noqa: F401 - callers use it as the WebUI does
 
 import torch
 
-from modules import infotext_utils, prompt_parser, sd_samplers, shared
+from modules import devices, infotext_utils, prompt_parser, sd_samplers, shared
 
 EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 
@@ -56,8 +56,9 @@ class StableDiffusionProcessing:
         key = (tuple(prompts), steps, hires_steps, self.sd_model.sd_checkpoint_info.title)
         if cache[0] == key:
             return cache[1]
-        cache[1] = function(self.sd_model, prompt_parser.SdConditioning(prompts), steps, hires_steps,
-                            shared.opts.use_old_scheduling)
+        with devices.autocast():
+            cache[1] = function(self.sd_model, prompt_parser.SdConditioning(prompts), steps, hires_steps,
+                                shared.opts.use_old_scheduling)
         cache[0] = key
         return cache[1]
 
