@@ -14,8 +14,10 @@ combinations it refuses (with the other extension's name and the fix). The rules
   ELLA tokens every region would get the same text. Refused; Latent mode works.
 * Tiled Diffusion, Region Prompt Control: encodes each region's prompt with CLIP. Refused; tiles
   without regions work.
-* AnimateDiff: its motion module needs cond and uncond in one U-Net call, which a 64-token ELLA
-  cond and a 77-token CLIP negative cannot share: negative through CLIP is refused. Its callback
+* AnimateDiff: its sampler forward assumes cond and uncond rows in one call when the WebUI's
+  "batch cond/uncond" option is on, but a 64-token ELLA cond and a 77-token CLIP negative go in
+  separate calls. For those calls only, ELLA runs its forward with the option off
+  (`split_cond_uncond_for_animatediff`), which is AnimateDiff's own path for separate calls. Its callback
   freezes the step-0 conditioning for the whole run, so ELLA's callback runs after it
   (metadata.ini pins it; `check_callback_order` stops a run where the order is wrong). Prompt
   travel blends ELLA's own per-frame outputs with AnimateDiff's own blending function at every step.
@@ -172,20 +174,9 @@ def animatediff_params(p: Any) -> Any:
     return params if _field(params, "enable", False) else None
 
 
-def animatediff_problem(p: Any, args: ELLAArgs) -> Optional[str]:
-    if animatediff_params(p) is None or args.negative != "clip":
-        return None
-    return (
-        "AnimateDiff's motion module needs the prompt and the negative prompt in one U-Net call, which ELLA's "
-        "64-token conditioning and a 77-token CLIP negative cannot share. Set ELLA's 'Negative prompt through' "
-        "to ELLA, or disable ELLA."
-    )
-
-
 COMPANION_CHECKS: tuple[Callable[[Any, ELLAArgs], Optional[str]], ...] = (
     regional_prompter_problem,
     tiled_diffusion_problem,
-    animatediff_problem,
 )
 
 
@@ -221,6 +212,41 @@ def check_callback_order(p: Any, denoiser: Any, backend: str) -> None:
             "and 'sd-webui-ella' (ELLA's metadata.ini orders the callbacks by them) and reset any custom callback "
             "order in Settings."
         )
+
+
+class _SeparateCallsForward:
+    """AnimateDiff's sampler forward, run with "batch cond/uncond" off for calls that hold one half.
+
+    With the option on, its forward indexes the uncond half at `frame + video_length`, which a call
+    holding only the cond rows (or only the uncond rows) does not have. The option is a global read
+    inside that forward, so it is switched off only for the duration of such a call.
+    """
+
+    def __init__(self, forward: Callable, options: Any, video_length: int):
+        self.forward = forward
+        self.options = options
+        self.video_length = video_length
+
+    def __call__(self, x_in, sigma_in, cond):
+        data = getattr(self.options, "data", None)
+        if x_in.shape[0] >= 2 * self.video_length or not isinstance(data, dict) or not data.get("batch_cond_uncond", False):
+            return self.forward(x_in, sigma_in, cond=cond)
+        data["batch_cond_uncond"] = False
+        try:
+            return self.forward(x_in, sigma_in, cond=cond)
+        finally:
+            data["batch_cond_uncond"] = True
+
+
+def split_cond_uncond_for_animatediff(p: Any, denoiser: Any, options: Any) -> None:
+    """Let AnimateDiff's hooked forward take ELLA's separate cond and CLIP-uncond calls (A1111)."""
+    params = animatediff_params(p)
+    inner = getattr(denoiser, "inner_model", None)
+    forward = getattr(inner, "__dict__", {}).get("forward") if inner is not None else None
+    if params is None or forward is None or isinstance(forward, _SeparateCallsForward):
+        return  # no AnimateDiff, it has not hooked this sampler, or already adapted
+    video_length = int(_field(params, "video_length", 0) or 0)
+    inner.forward = _SeparateCallsForward(forward, options, video_length)
 
 
 def prompt_travel(p: Any) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:

@@ -502,6 +502,10 @@ class ELLAExtension:
             spec = self.pass_spec(p)
             plan = job.plan.prepare(spec)
             compat.check_callback_order(p, denoiser, self.backend)
+            if self.backend == A1111:
+                from modules import shared
+
+                compat.split_cond_uncond_for_animatediff(p, denoiser, shared.opts)
             from .timesteps import unet_timesteps
 
             t = unet_timesteps(self.backend, denoiser, params.sigma, getattr(p, "sd_model", None))

@@ -148,8 +148,10 @@ class KeyframeBlend:
 
 class FakeAnimateDiff(FakeAlwaysOn):
     """One args dict; before_process expands "N: text" travel lines into one prompt per frame
-    (animatediff_prompt.py); its cfg-denoiser callback, at step 0, hooks the inner model and keeps
-    that step's (blended) conditioning, which it hands on at every later step (animatediff_infv2v.py)."""
+    (animatediff_prompt.py); its cfg-denoiser callback, at step 0, hooks the inner model's forward and
+    keeps that step's (blended) conditioning, which it hands on at every later step
+    (animatediff_infv2v.py). The hooked forward takes frame windows and, with "batch cond/uncond" on,
+    the uncond rows at frame + video_length, as the real one does."""
 
     TITLE = "AnimateDiff"
     DEFAULTS = ({"enable": False},)
@@ -184,7 +186,21 @@ class FakeAnimateDiff(FakeAlwaysOn):
             scheduler = ad["prompt_scheduler"]
             cond = params.text_cond
             FakeAnimateDiff.frozen = scheduler.multi_cond(cond) if scheduler.prompt_map else cond
-            denoiser.inner_model.original_forward = object()
+            inner = denoiser.inner_model
+            inner.original_forward = inner.forward
+            video_length = ad["video_length"]
+            FakeAnimateDiff.forward_calls = []
+
+            def mm_sd_forward(x_in, sigma_in, cond):
+                frames = list(range(video_length))
+                rows = frames + [f + video_length for f in frames] if shared.opts.batch_cond_uncond else frames
+                FakeAnimateDiff.forward_calls.append((x_in.shape[0], shared.opts.batch_cond_uncond))
+                out = inner.original_forward(x_in[rows], sigma_in[rows], cond={k: [v[0][rows]] for k, v in cond.items()})
+                x_out = torch.zeros_like(x_in)
+                x_out[rows] = out
+                return x_out
+
+            inner.forward = mm_sd_forward
         params.text_cond = FakeAnimateDiff.frozen
 
 

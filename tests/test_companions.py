@@ -230,17 +230,11 @@ def test_pad_option_does_not_touch_ella_conditioning(webui, option):
      ["Regional Prompter", "Prompt mode"]),
     (fake_extensions.FakeTiledDiffusion, {"Tiled Diffusion": {"args": [True, True]}},
      ["Tiled Diffusion", "Region Prompt Control", "Enable Control"]),
-    (fake_extensions.FakeAnimateDiff, {"AnimateDiff": {"args": [{"enable": True}]}},
-     ["AnimateDiff", "Negative prompt through", "ELLA"]),
 ])
 def test_combinations_that_cannot_work_are_refused(webui, extension, args, words):
     model = webui.model()
     api = api_with(webui, extension)
-    negative = "clip" if extension is fake_extensions.FakeAnimateDiff else "ella"
-    try:
-        status, body = run_api(api, payload(batch_size=2) | {"alwayson_scripts": ella(negative=negative) | args})
-    finally:
-        fake_extensions.FakeAnimateDiff.active = None
+    status, body = run_api(api, payload(batch_size=2) | {"alwayson_scripts": ella() | args})
     assert status == 422, body
     for word in words:
         assert word in body["errors"], (word, body["errors"])
@@ -314,6 +308,33 @@ def test_animatediff_prompt_travel_blends_ella_outputs(webui, animatediff):
             assert torch.allclose(call.context[frame], (1 - r) * red + r * blue, atol=1e-4), (t, frame)
         for frame in range(4, 8):  # the negatives
             assert torch.allclose(call.context[frame], ref(webui, "", t), atol=1e-4)
+
+
+@pytest.mark.parametrize("travel", [False, True])
+def test_animatediff_with_the_negative_through_clip(webui, animatediff, travel):
+    """64-token ELLA cond and 77-token CLIP negative go in separate calls; AnimateDiff's forward takes each
+    with batch cond/uncond off (the WebUI's setting is on, and on again after every call)."""
+    from modules import shared
+
+    model = webui.model()
+    prompt = "0: a red cube\n3: a blue sphere" if travel else "a red cube"
+    status, body = run_api(animatediff, payload(prompt, negative_prompt="blurry", batch_size=4) | {
+        "alwayson_scripts": ella(negative="clip") | {"AnimateDiff": {"args": [{"enable": True}]}}})
+    assert status == 200, body
+    assert shared.opts.batch_cond_uncond is True
+    # every sampler call went through AnimateDiff's forward, one half at a time, with the option off
+    assert fake_extensions.FakeAnimateDiff.forward_calls == [(4, False)] * 8
+    cond_calls = [c for c in model.unet_calls if c.context.shape[1] == 64]
+    uncond_calls = [c for c in model.unet_calls if c.context.shape[1] == 77]
+    assert len(cond_calls) == len(uncond_calls) == 4
+    for call in cond_calls:
+        t = float(call.t[0])
+        red, blue = ref(webui, "a red cube", t), ref(webui, "a blue sphere", t)
+        for frame in range(4):
+            r = frame / 3 if travel else 0.0
+            assert torch.allclose(call.context[frame], (1 - r) * red + r * blue, atol=1e-4), (t, frame)
+    for call in uncond_calls:
+        assert all(torch.equal(call.context[frame], clip("blurry")) for frame in range(4))
 
 
 def test_animatediff_callback_after_ella_is_refused(webui, animatediff):

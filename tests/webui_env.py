@@ -74,7 +74,8 @@ def load_script(models_dir: Path) -> WebUI:
     script_callbacks.clear()
     shared.opts.data.clear()
     shared.opts.data_labels.clear()
-    shared.opts.data.update({"use_old_scheduling": False, "pad_cond_uncond": False, "pad_cond_uncond_v0": False})
+    shared.opts.data.update({"use_old_scheduling": False, "pad_cond_uncond": False, "pad_cond_uncond_v0": False,
+                            "batch_cond_uncond": True})
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     spec = importlib.util.spec_from_file_location("ella_script_under_test", ROOT / "scripts" / "ella.py")

@@ -45,6 +45,9 @@ class KDiffusionWrapper(torch.nn.Module):
     def sigma_to_t(self, sigma):
         return interpolated_timestep(sigma, self.sigmas)
 
+    def forward(self, x, sigma, cond):
+        return self.inner_model.apply_model(x, self.sigma_to_t(sigma), cond["c_crossattn"][0])
+
 
 class ForgeScheduleLinker(torch.nn.Module):
     def __init__(self, sd_model):
@@ -59,6 +62,9 @@ class TimestepsDenoiser(torch.nn.Module):
     def __init__(self, sd_model):
         super().__init__()
         self.inner_model = sd_model
+
+    def forward(self, x, t, cond):
+        return self.inner_model.apply_model(x, t, cond["c_crossattn"][0])
 
 
 class CFGDenoiser:
@@ -136,12 +142,25 @@ class CFGDenoiser:
                 tensor, uncond_t = self.pad_cond_uncond_v0(tensor, uncond_t)
             elif shared.opts.pad_cond_uncond:
                 tensor, uncond_t = self.pad_cond_uncond(tensor, uncond_t)
+        if shared.backend == "a1111":
+            # A1111 calls its k-diffusion wrapper with x and sigma per row; the wrapper finds t (extensions
+            # such as AnimateDiff replace the wrapper's forward)
+            s_cond, s_unc = params.sigma[: len(row_image)], params.sigma[len(row_image):]
+
+            def unet(x_in, sigma_in, t_in, context):
+                return self.inner_model(x_in, sigma_in, cond={"c_crossattn": [context]})
+        else:
+            s_cond = s_unc = None
+
+            def unet(x_in, sigma_in, t_in, context):
+                return model.apply_model(x_in, t_in, context)
         if uncond_t is not None and tensor.shape[1] == uncond_t.shape[1]:
-            out = model.apply_model(torch.cat([x_cond, x]), torch.cat([t_cond, t_unc]), torch.cat([tensor, uncond_t]))
+            out = unet(torch.cat([x_cond, x]), torch.cat([s_cond, s_unc]) if s_cond is not None else None,
+                       torch.cat([t_cond, t_unc]), torch.cat([tensor, uncond_t]))
             cond_out, unc_out = out[: len(row_image)], out[len(row_image):]
         else:
-            cond_out = model.apply_model(x_cond, t_cond, tensor)
-            unc_out = model.apply_model(x, t_unc, uncond_t) if uncond_t is not None else None
+            cond_out = unet(x_cond, s_cond, t_cond, tensor)
+            unc_out = unet(x, s_unc, t_unc, uncond_t) if uncond_t is not None else None
 
         denoised = torch.zeros_like(x)
         for i, conds in enumerate(conds_list):

@@ -39,7 +39,7 @@ class Options:
 opts = Options()
 for _key, _value in {
     "use_old_scheduling": False, "skip_early_cond": 0.0, "s_min_uncond_all": False, "persistent_cond_cache": True,
-    "enable_quantization": False, "pad_cond_uncond": False, "pad_cond_uncond_v0": False,
+    "enable_quantization": False, "pad_cond_uncond": False, "pad_cond_uncond_v0": False, "batch_cond_uncond": True,
 }.items():
     opts.data[_key] = _value
 
