@@ -10,8 +10,14 @@ combinations it refuses (with the other extension's name and the fix). The rules
   64 tokens (or cut the CLIP negative to 64) when the negative goes through CLIP. ELLA turns the
   padding off for the denoiser calls whose conditioning it replaced (`suspend_padding`); calls
   outside ELLA's step range are padded as the user set.
-* Regional Prompter, Attention and Prompt modes: slice the context into 77-token regions; with 64
-  ELLA tokens every region would get the same text. Refused; Latent mode works.
+* Regional Prompter, Attention mode (Matrix, Mask): cuts the context into units of 77 tokens (one
+  CLIP chunk), region k taking the units its CLIP text fills (its `pt`/`nt` spans). ELLA encodes
+  each region's text on its own (T5 and TSC), fills each of the region's units with that region's
+  64 tokens, and has RP cut units of 64 tokens for the job (`regional_prompter_layout`). Every
+  region's cross-attention then sees exactly ELLA's tokens for its text (a region spanning two
+  units sees them twice, which leaves softmax attention unchanged); no padding token is needed.
+  Needs ELLA only with the negative through ELLA. Prompt mode finds regions through CLIP token
+  positions of words, which ELLA's tokens do not have: refused. Latent mode works as it is.
 * Tiled Diffusion, Region Prompt Control: encodes each region's prompt with CLIP. Refused; tiles
   without regions work.
 * AnimateDiff: its sampler forward assumes cond and uncond rows in one call when the WebUI's
@@ -135,23 +141,79 @@ def _field(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default)
 
 
-def regional_prompter_problem(p: Any, args: ELLAArgs) -> Optional[str]:
+def _regional_prompter(p: Any) -> Optional[Any]:
     rp = find_script(p, "Regional Prompter")
     if rp is None or not getattr(rp.instance, "active", False):
-        return None  # its process() sets active/mode/calc for this job
-    mode, calc = str(getattr(rp.instance, "mode", "")), str(getattr(rp.instance, "calc", ""))
+        return None  # its process() sets active/mode/calc/pt/nt for this job
+    return rp.instance
+
+
+def _rp_attention_globals(rp: Any) -> Optional[dict]:
+    """The namespace of RP's attention module, whose TOKENSCON its hooked cross-attention reads."""
+    process = getattr(type(rp), "process", None)
+    hook = getattr(process, "__globals__", {}).get("hook_forwards")
+    namespace = getattr(hook, "__globals__", None)
+    return namespace if isinstance(namespace, dict) and isinstance(namespace.get("TOKENSCON"), int) else None
+
+
+def regional_prompter_problem(p: Any, args: ELLAArgs) -> Optional[str]:
+    rp = _regional_prompter(p)
+    if rp is None:
+        return None
+    mode, calc = str(getattr(rp, "mode", "")), str(getattr(rp, "calc", ""))
     if "Pro" in mode:
         return (
-            "Regional Prompter's Prompt mode finds each region through CLIP token positions, which ELLA's "
-            "conditioning does not have. Use a Matrix or Mask region with Generation mode 'Latent', or disable ELLA."
+            "Regional Prompter's Prompt mode finds each region through the CLIP token positions of its words, which "
+            "ELLA's tokens do not have. Use a Matrix or Mask region (Attention or Latent), or disable ELLA."
         )
-    if "Att" in calc:
+    if "Att" not in calc:
+        return None
+    if args.mode != "ella" or args.negative != "ella":
         return (
-            "Regional Prompter's Attention mode cuts the conditioning into 77-token CLIP chunks, one per region; "
-            "ELLA's 64 tokens have no such chunks, so every region would get the same text. Set Regional "
-            "Prompter's Generation mode to 'Latent' (each region then gets its own ELLA conditioning), or disable ELLA."
+            "Regional Prompter's Attention mode with ELLA needs ELLA's Conditioning 'ELLA only' and 'Negative prompt "
+            "through' ELLA (each region then gets its own ELLA tokens). Change those, or set Regional Prompter's "
+            "Generation mode to 'Latent'."
+        )
+    if _rp_attention_globals(rp) is None or not isinstance(getattr(rp, "pt", None), list):
+        return (
+            "This version of Regional Prompter does not expose how its Attention mode cuts the conditioning, so ELLA "
+            "cannot give each region its own tokens. Update Regional Prompter, or set its Generation mode to 'Latent'."
         )
     return None
+
+
+@dataclass(frozen=True)
+class RegionLayout:
+    """How Regional Prompter's Attention mode cuts each row's context: units per region (its CLIP chunk
+    counts), for the cond rows and the uncond rows."""
+
+    cond_units: tuple[int, ...]
+    uncond_units: tuple[int, ...]
+
+
+_RP_UNIT_PATCHES: dict[int, tuple[dict, int]] = {}  # id(namespace) -> (namespace, RP's own unit)
+
+
+def regional_prompter_layout(p: Any, args: ELLAArgs, unit_tokens: int) -> Optional[RegionLayout]:
+    """The region layout for an ELLA job in RP's Attention mode, with RP set to cut `unit_tokens`-token
+    units until `restore_regional_prompter` (called at every job's start and end)."""
+    rp = _regional_prompter(p)
+    if rp is None or "Att" not in str(getattr(rp, "calc", "")) or regional_prompter_problem(p, args):
+        return None
+    namespace = _rp_attention_globals(rp)
+    _RP_UNIT_PATCHES.setdefault(id(namespace), (namespace, namespace["TOKENSCON"]))
+    namespace["TOKENSCON"] = unit_tokens
+
+    def units(spans):
+        return tuple(int(end) - int(start) for start, end in spans)
+
+    return RegionLayout(cond_units=units(rp.pt), uncond_units=units(getattr(rp, "nt", None) or [[0, 1]]))
+
+
+def restore_regional_prompter() -> None:
+    while _RP_UNIT_PATCHES:
+        _, (namespace, unit) = _RP_UNIT_PATCHES.popitem()
+        namespace["TOKENSCON"] = unit
 
 
 def tiled_diffusion_problem(p: Any, args: ELLAArgs) -> Optional[str]:

@@ -22,10 +22,10 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from .args import ELLAArgs
-from .compat import split_markers, with_markers
-from .errors import ConditioningError, ELLAError
+from .compat import RegionLayout, split_markers, with_markers
+from .errors import ConditioningError, ELLAError, IncompatibleExtensionError
 from .prompt_encoding import EncodedPrompt, PromptEncoder
-from .prompt_syntax import PromptSyntax, Schedule, strip_extra_networks, text_at_step
+from .prompt_syntax import BREAK_SEPARATOR, PromptSyntax, Schedule, strip_extra_networks, text_at_step
 from .tsc import TSC, PreparedText
 
 
@@ -51,11 +51,12 @@ class PassPlan:
     cond_rows: list[Schedule]  # per cond row: [(end_at_step, text)]
     cond_row_image: list[int]  # image index of each cond row
     uncond_rows: list[Schedule]  # per image
-    texts: list[str]  # distinct scheduled texts, in prepared-batch order
+    texts: list[str]  # distinct texts ELLA encodes (scheduled texts, or their regions), in prepared-batch order
     index: dict[str, int]
     lengths: list[int]
     prepared: PreparedText  # [len(texts), max length, width]
     encoded: dict[str, EncodedPrompt]
+    regions: dict[str, tuple[str, ...]]  # scheduled text -> its region texts (Regional Prompter's Attention mode)
 
     def rows_at(self, step: int, with_uncond: bool) -> list[str]:
         rows = [text_at_step(s, step) for s in self.cond_rows]
@@ -142,6 +143,8 @@ class JobPlan:
         self.outputs = OutputCache(output_cache_bytes)
         # applied to ELLA's cond rows at every call, e.g. AnimateDiff's keyframe blending (prompt travel)
         self.cond_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+        # Regional Prompter's Attention mode: each row is its regions' outputs, unit by unit
+        self.regions: Optional[RegionLayout] = None
         self.stats = JobStats()
         self._passes: dict[PassSpec, PassPlan] = {}
         self._encoded: dict[str, EncodedPrompt] = {}
@@ -168,7 +171,12 @@ class JobPlan:
         cond_rows, uncond_rows = schedules[: len(sub_prompts)], schedules[len(sub_prompts):]
         if self.args.negative == "clip":
             uncond_rows = []
-        texts = list(dict.fromkeys(t for rows in (cond_rows, uncond_rows) for s in rows for _, t in s))
+        regions = {}
+        for rows, units in ((cond_rows, self._units(True)), (uncond_rows, self._units(False))):
+            for schedule in rows:
+                for _, text in schedule:
+                    regions[text] = self._split_regions(text, units, spec.name)
+        texts = list(dict.fromkeys(region for parts in regions.values() for region in parts))
         try:
             for text in texts:
                 if text not in self._encoded:
@@ -192,9 +200,28 @@ class JobPlan:
             lengths=lengths,
             prepared=prepared,
             encoded=encoded,
+            regions=regions,
         )
         self._passes[spec] = plan
         return plan
+
+    def _units(self, cond: bool) -> Optional[tuple[int, ...]]:
+        if self.regions is None:
+            return None
+        return self.regions.cond_units if cond else self.regions.uncond_units
+
+    @staticmethod
+    def _split_regions(text: str, units: Optional[tuple[int, ...]], pass_name: str) -> tuple[str, ...]:
+        if units is None or len(units) == 1:
+            return (text,)
+        parts = tuple(part.strip() for part in BREAK_SEPARATOR.split(text))
+        if len(parts) != len(units):
+            raise IncompatibleExtensionError(
+                f"Regional Prompter laid out {len(units)} regions, but the {pass_name} prompt '{text}' has {len(parts)} "
+                "BREAK-separated parts (it counts the regions of the first image's prompt at the first step). Give every "
+                "image and every prompt-editing step the same number of BREAKs."
+            )
+        return parts
 
     def _prepare_text(self, texts: Sequence[str], encoded: dict[str, EncodedPrompt]) -> tuple[PreparedText, list[int]]:
         feats = [encoded[t].features for t in texts]
@@ -305,12 +332,11 @@ class JobPlan:
         t_cond, t_uncond = self.row_timesteps(plan, call.timesteps, use_uncond)
         texts = plan.rows_at(call.step, use_uncond)
         t = torch.cat([t_cond, t_uncond]) if use_uncond else t_cond
-        out = self.embeddings(plan, texts, t).to(device=cond.device, dtype=cond.dtype)
-        n = len(plan.cond_rows)
-        new_cond = out[:n]
+        new_cond, ella_uncond = self._ella_rows(plan, texts, t)
+        new_cond = new_cond.to(device=cond.device, dtype=cond.dtype)
         if self.cond_transform is not None:
             new_cond = self.cond_transform(new_cond)
-        new_uncond = out[n:] if use_uncond else uncond
+        new_uncond = ella_uncond.to(device=cond.device, dtype=cond.dtype) if use_uncond else uncond
         if clip_mode:
             new_cond = torch.cat([new_cond, cond], dim=1)
             if use_uncond:
@@ -320,6 +346,24 @@ class JobPlan:
             new_uncond = with_markers(uncond_markers, new_uncond)
         self.stats.steps_ella += 1
         return new_cond, new_uncond
+
+    def _ella_rows(self, plan: PassPlan, texts: Sequence[str], t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ELLA's (cond rows, uncond rows) for rows (text, t): one TSC output per row, or in Regional
+        Prompter's Attention mode each region's output repeated over the region's units."""
+        n = len(plan.cond_rows)
+        if self.regions is None:
+            out = self.embeddings(plan, texts, t)
+            return out[:n], out[n:]
+        parts = [plan.regions[text] for text in texts]
+        row_of = [row for row, regions in enumerate(parts) for _ in regions]
+        out = self.embeddings(plan, [r for regions in parts for r in regions], t[torch.tensor(row_of, device=t.device)])
+        rows, i = [], 0
+        for row, regions in enumerate(parts):
+            units = self._units(row < n)
+            rows.append(torch.cat([out[i + k].repeat(units[k], 1) for k in range(len(regions))]))
+            i += len(regions)
+        empty = out.new_zeros((0, *out.shape[1:]))
+        return (torch.stack(rows[:n]) if n else empty), (torch.stack(rows[n:]) if len(rows) > n else empty)
 
     def _clip_part(self, plan: PassPlan, call: DenoiserCall, cond: torch.Tensor, uncond: Any) -> tuple[torch.Tensor, Any]:
         """The CLIP rows of ELLA + CLIP: the WebUI's own, or those of the user's separate CLIP text."""

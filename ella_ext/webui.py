@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import sys
 import traceback
 import weakref
 from dataclasses import dataclass, field
@@ -326,6 +327,9 @@ class _SampleGuard:
             return self.original(*args, **kwargs)
         except ELLAAbort:
             raise self.job.error or ELLAError("ELLA stopped the job.") from None
+        finally:
+            if self.job.error is not None or sys.exc_info()[0] is not None:
+                compat.restore_regional_prompter()  # the job ends here, without postprocess
 
 
 def active_job(p) -> Optional[ELLAJob]:
@@ -413,6 +417,7 @@ class ELLAExtension:
     # --- lifecycle ---
 
     def process(self, p, script_args: Sequence[Any]) -> None:
+        compat.restore_regional_prompter()  # a job ELLA set RP up for may have ended without postprocess
         clear_job(p)
         own_infotext(p)
         try:
@@ -466,6 +471,7 @@ class ELLAExtension:
             check_model_family(p.sd_model)
             compat.check_companions(p, job.args)  # every script's process() has run: their settings are known
             job.plan.cond_transform = compat.prompt_travel(p)
+            job.plan.regions = compat.regional_prompter_layout(p, job.args, job.plan.tsc.config.num_latents)
             if job.plan.cond_transform is not None:
                 log.info("ELLA: AnimateDiff prompt travel: ELLA's outputs are blended between the keyframes at every step")
             spec = self.pass_spec(p)
@@ -483,6 +489,7 @@ class ELLAExtension:
         except Interrupted:
             return  # the sampler sees the interrupt itself and stops before the first step
         except Exception as exc:
+            compat.restore_regional_prompter()
             job.fail(exc)
 
     def cfg_denoiser(self, params) -> None:
@@ -551,6 +558,7 @@ class ELLAExtension:
     def end_job(self, p) -> None:
         job = active_job(p)
         self._open_jobs[:] = [ref for ref in self._open_jobs if ref() is not None and ref() is not job]
+        compat.restore_regional_prompter()
         clear_job(p)
         self.runtime.end_job()
 

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import torch
 
 import webui_env
+from fake_rp_attention import hook_forwards
 
 webui_env.enter_fake_webui()
 
@@ -97,15 +98,37 @@ class FakeControlNet(FakeAlwaysOn):
 # --- Regional Prompter --------------------------------------------------------------------------
 
 class FakeRegionalPrompter(FakeAlwaysOn):
-    """Its process() stores active/mode/calc on the script; Latent mode turns BREAK into AND (rp.py:615)."""
+    """Its process() stores active/mode/calc on the script; Latent mode turns BREAK into AND (rp.py:615).
+    Attention mode counts each BREAK-separated part's CLIP chunks into `pt`/`nt` spans (rp.py:825-886,
+    75 tokens a chunk; the fake CLIP makes a chunk per 150 characters) and hooks the U-Net through its
+    attention module (`fake_rp_attention`), which records the unit it cuts by at every call."""
 
     TITLE = "Regional Prompter"
     DEFAULTS = (False, "Matrix", "Attention")
 
     def process(self, p, active=False, mode="Matrix", calcmode="Attention"):
         self.active, self.mode, self.calc = bool(active), mode, calcmode
+        self.calls = []
         if self.active and "La" in calcmode:
             p.all_prompts = [x.replace(" BREAK ", " AND ") for x in p.all_prompts]
+        if self.active and "Att" in calcmode:
+            first_step = prompt_parser.get_learned_conditioning_prompt_schedules([p.all_prompts[0]], p.steps)[0][0][1]
+            self.pt = self._spans(first_step)
+            self.nt = self._spans(p.all_negative_prompts[0])
+            hook_forwards(self, p)
+
+    @staticmethod
+    def _spans(prompt):
+        spans, start = [], 0
+        for part in prompt.split("BREAK"):
+            end = start + 1 + len(part) // 150
+            spans.append([start, end])
+            start = end
+        return spans
+
+    def postprocess(self, p, processed, *args):
+        if self.active and "Att" in self.calc:
+            hook_forwards(self, p, remove=True)
 
 
 # --- Tiled Diffusion ----------------------------------------------------------------------------

@@ -223,18 +223,20 @@ def test_pad_option_does_not_touch_ella_conditioning(webui, option):
 
 # --- refused combinations -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("extension, args, words", [
+@pytest.mark.parametrize("extension, args, ella_args, words", [
     (fake_extensions.FakeRegionalPrompter, {"Regional Prompter": {"args": [True, "Matrix", "Attention"]}},
-     ["Regional Prompter", "Attention mode", "'Latent'"]),
+     {"mode": "ella+clip"}, ["Regional Prompter", "Attention mode", "'ELLA only'", "'Latent'"]),
+    (fake_extensions.FakeRegionalPrompter, {"Regional Prompter": {"args": [True, "Mask", "Attention"]}},
+     {"negative": "clip"}, ["Regional Prompter", "Attention mode", "through' ELLA"]),
     (fake_extensions.FakeRegionalPrompter, {"Regional Prompter": {"args": [True, "Prompt", "Attention"]}},
-     ["Regional Prompter", "Prompt mode"]),
+     {}, ["Regional Prompter", "Prompt mode", "token positions"]),
     (fake_extensions.FakeTiledDiffusion, {"Tiled Diffusion": {"args": [True, True]}},
-     ["Tiled Diffusion", "Region Prompt Control", "Enable Control"]),
+     {}, ["Tiled Diffusion", "Region Prompt Control", "Enable Control"]),
 ])
-def test_combinations_that_cannot_work_are_refused(webui, extension, args, words):
+def test_combinations_that_cannot_work_are_refused(webui, extension, args, ella_args, words):
     model = webui.model()
     api = api_with(webui, extension)
-    status, body = run_api(api, payload(batch_size=2) | {"alwayson_scripts": ella() | args})
+    status, body = run_api(api, payload(batch_size=2) | {"alwayson_scripts": ella(**ella_args) | args})
     assert status == 422, body
     for word in words:
         assert word in body["errors"], (word, body["errors"])

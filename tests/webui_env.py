@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from dataclasses import dataclass
@@ -86,15 +87,21 @@ def load_script(models_dir: Path) -> WebUI:
     return WebUI(module=module, models_dir=models_dir)
 
 
-def reference_conditioning(models_dir: Path, text: str, t: float, *, precision="auto", fixed=False, truncate=True):
-    """What ELLA should produce for `text` at timestep `t`, computed from scratch with the library's parts."""
+@functools.lru_cache(maxsize=4)
+def _reference_models(models_dir: Path, precision: str):
+    """The reference's own T5 and TSC, loaded from scratch (once per models folder and precision)."""
     from ella_ext import load_ella
     from ella_ext.t5 import load_t5_encoder
 
-    encoder = load_t5_encoder(models_dir / "ELLA" / "t5" / T5_NAME, precision=precision)
+    return (load_t5_encoder(models_dir / "ELLA" / "t5" / T5_NAME, precision=precision),
+            load_ella(models_dir / "ELLA" / f"{MODEL_NAME}.safetensors"))
+
+
+def reference_conditioning(models_dir: Path, text: str, t: float, *, precision="auto", fixed=False, truncate=True):
+    """What ELLA should produce for `text` at timestep `t`, computed from scratch with the library's parts."""
+    encoder, tsc = _reference_models(Path(models_dir), precision)
     tokens = encoder.tokenize(text, fixed_length=128 if fixed else None, truncate_at=None if fixed or not truncate else 128)
     features = encoder.encode(tokens)
-    tsc = load_ella(models_dir / "ELLA" / f"{MODEL_NAME}.safetensors")
     with torch.inference_mode():
         return tsc(features.float(), torch.tensor([float(t)]))[0]
 
