@@ -266,12 +266,58 @@ def test_regional_prompter_latent_mode_gets_one_row_per_region():
     assert rows.count("a red cube") == rows.count("a blue sphere") == STEPS
 
 
-def test_regional_prompter_attention_mode_is_refused():
+def cross_attention(weights, x, context):
+    """An SD1.5 cross-attention layer (what RP's main_forward computes) from the probe's recorded weights."""
+    heads = weights["heads"]
+    q, k, v = x @ weights["to_q.weight"].T, context @ weights["to_k.weight"].T, context @ weights["to_v.weight"].T
+    split = lambda a: a.reshape(a.shape[0], a.shape[1], heads, -1).transpose(1, 2)
+    q, k, v = split(q), split(k), split(v)
+    attn = ((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5).softmax(dim=-1)
+    out = (attn @ v).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+    return out @ weights["to_out.0.weight"].T + weights["to_out.0.bias"]
+
+
+def relative(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("regions", [["a red cube", "a blue sphere"], ["a red cube", "a blue sphere", "a green cone"]])
+def test_regional_prompter_attention_mode_gives_each_region_its_ella_tokens(regions):
+    """At RP's first cross-attention layer: each region's call gets ELLA's tokens for that region's text, and its
+    output equals the layer's output for ELLA alone on that text; padding designs are measured beside it."""
     require("regional prompter")
-    status, body = txt2img(prompt="a red cube BREAK a blue sphere", steps=STEPS, alwayson_scripts=ella() | rp_args("Attention"))
-    assert status == 422, body
-    assert "Regional Prompter" in json.dumps(body) and "Latent" in json.dumps(body)
-    assert recorded() == []
+    args = rp_args("Attention")
+    args["Regional Prompter"]["args"][6] = ",".join(["1"] * len(regions))
+    status, body = txt2img(prompt=" BREAK ".join(regions), negative_prompt="blurry", steps=STEPS, alwayson_scripts=ella() | args)
+    assert status == 200, body
+    unet, region_calls = recorded(), recorded("rp_region")
+    weights = recorded("rp_weights")[0]
+    cond_calls = [i for i, c in enumerate(unet) if c["context"].shape[1] == 64 * len(regions)]
+    uncond_calls = [i for i, c in enumerate(unet) if c["context"].shape[1] == 64]
+    assert len(cond_calls) == len(uncond_calls) == STEPS
+    worst, exact, padded = 0.0, 0.0, {"zeros": [], "last token": []}
+    for index in cond_calls:
+        got = [r for r in region_calls if r["unet_call"] == index]
+        assert len(got) == len(regions)
+        t = float(unet[index]["t"][0])
+        for text, record in zip(regions, got):
+            expected = reference(text, t)
+            assert all(close(record["context"][row], expected) for row in range(record["context"].shape[0])), text
+            alone = cross_attention(weights, record["x"], expected[None].expand(record["x"].shape[0], -1, -1))
+            worst = max(worst, relative(record["out"], alone))
+            # RP's layer computed plain attention on exactly the context it handed the region
+            exact = max(exact, relative(record["out"], cross_attention(weights, record["x"], record["context"])))
+            fill = {"zeros": torch.zeros(13, expected.shape[1]), "last token": expected[-1:].expand(13, -1)}
+            for name, tokens in fill.items():
+                context = torch.cat([expected, tokens])[None].expand(record["x"].shape[0], -1, -1)
+                padded[name].append(relative(cross_attention(weights, record["x"], context), alone))
+    for index in uncond_calls:
+        got = [r for r in region_calls if r["unet_call"] == index]
+        assert got and all(close(r["context"][0], reference("blurry", float(unet[index]["t"][0]))) for r in got)
+    print(f"\nRP attention, {len(regions)} regions: layer output vs ELLA alone (reference T5), relative L2: "
+          f"ours {worst:.2e} (vs its own context {exact:.2e}); "
+          + "; ".join(f"77-token unit padded with {k}: {max(v):.2e}" for k, v in padded.items()))
+    assert exact < 1e-5 and worst < TOL
 
 
 # --- Tiled Diffusion ------------------------------------------------------------------------------
@@ -347,11 +393,53 @@ def test_animatediff_prompt_travel_blends_ella():
             assert close(cond[frame], slerp(red, blue, frame / 15)), frame
 
 
-def test_animatediff_with_clip_negative_is_refused():
+@pytest.mark.parametrize("travel", [False, True])
+def test_animatediff_with_the_negative_through_clip(travel):
+    """ELLA's 64-token cond and the 77-token CLIP negative go to the U-Net in separate calls; each frame's
+    cond is ELLA's (blended between keyframes with travel) at that call's t, the negative is CLIP's."""
     require("animatediff")
-    status, body = txt2img(steps=STEPS, batch_size=16, alwayson_scripts=ella(negative="clip") | ad_args())
-    assert status == 422, body
-    assert "AnimateDiff" in json.dumps(body)
+    prompt = "0: a red cube\n15: a blue sphere" if travel else "a red cube spinning"
+    status, body = txt2img(prompt=prompt, negative_prompt="blurry", steps=STEPS, batch_size=16,
+                           alwayson_scripts=ella(negative="clip") | ad_args())
+    assert status == 200, body
+    calls = recorded()
+    cond = [c for c in calls if c["context"].shape[1] == 64]
+    uncond = [c for c in calls if c["context"].shape[1] == 77]
+    assert len(cond) == len(uncond) == STEPS and all(c["context"].shape[0] == 16 for c in calls)
+    for c in cond:
+        t = float(c["t"][0])
+        if travel:
+            red, blue = reference(", a red cube, ", t), reference(", a blue sphere, ", t)
+            assert all(close(c["context"][f], slerp(red, blue, f / 15)) for f in range(16))
+        else:
+            assert all(close(c["context"][f], reference(prompt, t)) for f in range(16))
+    first = uncond[0]["context"][0]
+    assert all(torch.equal(c["context"][f], first) for c in uncond for f in range(16))  # one CLIP negative, every frame
+
+
+# --- ELLA + CLIP with a separate CLIP text ----------------------------------------------------------
+
+@pytest.mark.parametrize("clip_text", [
+    "sks style, (masterpiece:1.3), [cat:dog:2] BREAK film grain",
+    "ornate, intricate, " * 30 + "gold leaf",  # over 75 tokens: two CLIP chunks, separate cond/uncond calls
+])
+def test_clip_text_is_the_webuis_own_conditioning_bit_for_bit(clip_text):
+    status, body = txt2img(prompt=clip_text, negative_prompt="blurry", steps=STEPS)
+    assert status == 200, body
+    plain = recorded()
+    call("/ella-probe/v1/reset", {})
+    prompt = "a red cube on a glossy table"
+    status, body = txt2img(prompt=prompt, negative_prompt="blurry", steps=STEPS,
+                           alwayson_scripts=ella(mode="ella+clip", clip_prompt=clip_text))
+    assert status == 200, body
+    assert info(body)["extra_generation_params"]["ELLA CLIP prompt"] == clip_text
+    calls = recorded()
+    assert len(calls) == len(plain) >= STEPS
+    for c, p in zip(calls, plain):
+        assert c["context"].shape[1] == 64 + p["context"].shape[1]
+        assert torch.equal(c["context"][:, 64:], p["context"])  # tokens 64: are the plain job's, bit for bit
+    matched = [text for rows in ella_rows(calls, [prompt, "blurry"]) for text in rows]
+    assert None not in matched and matched.count(prompt) == STEPS  # tokens :64 are ELLA's for the prompt (T5 never saw the CLIP text)
 
 
 # --- built-ins --------------------------------------------------------------------------------------

@@ -10,6 +10,11 @@ Each record: {"module": "unet" | "control", "t": [N], "context": [N, tokens, wid
 hooked before every sampling pass (A1111: sd_model.model.diffusion_model; Forge/reForge: the
 U-Net patcher's model); control models are found by class name when a pass starts and at the
 first U-Net call after a reset.
+
+With Regional Prompter in Attention mode, its attention function is wrapped too: for the first
+cross-attention layer it runs, each region's call is recorded as {"module": "rp_region",
+"unet_call": index of the U-Net call, "context": what that region's attention got, "x": the
+layer's input, "out": its output}, and the layer's weights once as {"module": "rp_weights", ...}.
 """
 
 import gc
@@ -80,6 +85,38 @@ class ProbeScript(scripts.Script):
     def process_before_every_sampling(self, p, *args, **kwargs):
         _hook(unet_of(p.sd_model), "unet")
         hook_control_models()
+        hook_regional_prompter(p)
+
+
+FIRST_LAYER = {}
+
+
+def hook_regional_prompter(p):
+    rp = next((s for s in getattr(p.scripts, "alwayson_scripts", []) if s.title() == "Regional Prompter"), None)
+    if rp is None:
+        return
+    namespace = type(rp).process.__globals__["hook_forwards"].__globals__
+    original = namespace["main_forward"]
+    if getattr(original, "probe", False):
+        return
+
+    def main_forward(module, x, context, *args, **kwargs):
+        out = original(module, x, context, *args, **kwargs)
+        if FIRST_LAYER.setdefault("module", module) is module:
+            if not any(r["module"] == "rp_weights" for r in RECORDS):
+                RECORDS.append({"module": "rp_weights", "heads": module.heads,
+                                **{k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}})
+            RECORDS.append({
+                "module": "rp_region",
+                "unet_call": sum(r["module"] == "unet" for r in RECORDS) - 1,
+                "context": context.detach().float().cpu().clone(),
+                "x": x.detach().float().cpu().clone(),
+                "out": out.detach().float().cpu().clone(),
+            })
+        return out
+
+    main_forward.probe = True
+    namespace["main_forward"] = main_forward
 
 
 def routes(_demo, app):
@@ -88,6 +125,7 @@ def routes(_demo, app):
     @app.post("/ella-probe/v1/reset")
     def reset():
         RECORDS.clear()
+        FIRST_LAYER.clear()
         return {"ok": True}
 
     @app.post("/ella-probe/v1/dump")
