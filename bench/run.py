@@ -145,7 +145,7 @@ def run_steps(job, plan, ts, batch, device, dtype):
     outs = []
     for step, t in enumerate(ts):
         cond, uncond = job.apply(plan, denoiser_call(step, len(ts), t, batch, device, dtype))
-        outs.append(torch.cat([cond, uncond]))
+        outs.append(torch.cat([cond, uncond]) if cond.shape[1] == uncond.shape[1] else (cond, uncond))
     return outs
 
 
@@ -235,6 +235,53 @@ def bench_tsc(table, device, dtype, results):
     table.add("tsc", "text projection share of a full TSC forward (8 rows x 60 tokens)", prep / full * 100, "%",
               f"{prep * 1e3:.1f} ms of {full * 1e3:.0f} ms: done once per job, not every step")
     results["tsc"]["prepare_once"] = {"full_forward_s": full, "prepare_text_s": prep}
+
+
+# --- prompting features: regions and frames multiply rows ---------------------------------------
+
+def bench_prompting(table, device, dtype, results):
+    """Per-step cost of ELLA per region (Regional Prompter Attention) and of prompt travel (AnimateDiff),
+    against plain ELLA on the same job, measured side by side."""
+    from ella_ext.compat import RegionLayout
+
+    tsc = random_tsc(device, dtype)
+    features = FixedFeatures(device=device, dtype=dtype)
+    steps = 4 if device == "cpu" else 20
+    ts = sigmas_to_t(steps)
+    regions = ["a red cube on the left", "a blue sphere in the middle", "a green cone on the right"]
+
+    def job(prompts, negatives, layout=None, transform=None):
+        plan_job = JobPlan(ELLAArgs(enabled=True, model="m", t5="t"), tsc, features, BuiltinPromptSyntax(),
+                           output_cache_bytes=256 * 2**20)
+        plan_job.regions, plan_job.cond_transform = layout, transform
+        return plan_job, plan_job.prepare(PassSpec(tuple(prompts), tuple(negatives), steps))
+
+    def blend(cond):  # two keyframes, linear weights per frame (AnimateDiff's travel, on ELLA's rows)
+        r = torch.linspace(0, 1, cond.shape[0], device=cond.device, dtype=cond.dtype)[:, None, None]
+        return (1 - r) * cond[:1] + r * cond[-1:]
+
+    frames = 16
+    travel = [regions[0]] * (frames // 2) + [regions[1]] * (frames // 2)
+    cases = {
+        "3 RP regions vs 1 prompt": ((["A scene. " + " ".join(regions)], [""], None, None, 1),
+                                     ([" BREAK ".join(regions)], [""], RegionLayout((1, 1, 1), (1,)), None, 1)),
+        "16 frames, travel vs 1 prompt": (([regions[0]] * frames, [""] * frames, None, None, frames),
+                                          (travel, [""] * frames, None, blend, frames)),
+    }
+    results["prompting"] = {}
+    for name, (plain, feature) in cases.items():
+        times = {"plain": [], "feature": []}
+        for _ in range(4):  # interleaved; the first round is warm-up
+            for key, (pos, neg, layout, transform, batch) in (("plain", plain), ("feature", feature)):
+                sync(device)
+                t0 = time.perf_counter()
+                run_steps(*job(pos, neg, layout, transform), ts, batch, device, dtype)
+                sync(device)
+                times[key].append((time.perf_counter() - t0) / steps)
+        t_plain, t_feature = (statistics.median(v[1:]) for v in (times["plain"], times["feature"]))
+        table.add("prompt", f"{name}: per-step cost ratio", t_feature / t_plain, "x",
+                  f"{t_feature * 1e3:.1f} ms vs {t_plain * 1e3:.1f} ms per step (TSC rows: one per region / distinct keyframe)")
+        results["prompting"][name] = {"feature_s": t_feature, "plain_s": t_plain, "ratio": t_feature / t_plain}
 
 
 # --- TSC vs U-Net ---------------------------------------------------------------------------------
@@ -507,7 +554,7 @@ def bench_startup(table, results):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--only", default="tsc,unet,t5,memory,startup")
+    ap.add_argument("--only", default="tsc,prompting,unet,t5,memory,startup")
     ap.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 16))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -525,6 +572,8 @@ def main():
     with torch.inference_mode(False):
         if "tsc" in only:
             bench_tsc(table, device, dtype, results)
+        if "prompting" in only:
+            bench_prompting(table, device, dtype, results)
         if "unet" in only:
             bench_unet(table, device, dtype, results)
         if "t5" in only:
@@ -537,7 +586,7 @@ def main():
     results["total_s"] = time.perf_counter() - t0
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "cpu" if device == "cpu" else re.sub(r"\W+", "-", machine["device"]).strip("-").lower()
-    suffix = "" if only == {"tsc", "unet", "t5", "memory", "startup"} else "-partial"
+    suffix = "" if only == {"tsc", "prompting", "unet", "t5", "memory", "startup"} else "-partial"
     out = RESULTS / f"{name}{suffix}.json"
     out.write_text(json.dumps(results, indent=1))
     print(f"wrote {out} in {results['total_s']:.0f} s")
