@@ -194,13 +194,14 @@ class RegionLayout:
 _RP_UNIT_PATCHES: dict[int, tuple[dict, int]] = {}  # id(namespace) -> (namespace, RP's own unit)
 
 
-def regional_prompter_layout(p: Any, args: ELLAArgs, unit_tokens: int) -> Optional[RegionLayout]:
+def regional_prompter_layout(p: Any, unit_tokens: int) -> Optional[RegionLayout]:
     """The region layout for an ELLA job in RP's Attention mode, with RP set to cut `unit_tokens`-token
-    units until `restore_regional_prompter` (called at every job's start and end)."""
+    units until `restore_regional_prompter` (called at every job's start and end). Call it after
+    `check_companions`, which refuses the RP settings this cannot serve."""
     rp = _regional_prompter(p)
-    if rp is None or "Att" not in str(getattr(rp, "calc", "")) or regional_prompter_problem(p, args):
+    namespace = _rp_attention_globals(rp) if rp is not None and "Att" in str(getattr(rp, "calc", "")) else None
+    if namespace is None:
         return None
-    namespace = _rp_attention_globals(rp)
     _RP_UNIT_PATCHES.setdefault(id(namespace), (namespace, namespace["TOKENSCON"]))
     namespace["TOKENSCON"] = unit_tokens
 
@@ -301,7 +302,12 @@ class _SeparateCallsForward:
 
 
 def split_cond_uncond_for_animatediff(p: Any, denoiser: Any, options: Any) -> None:
-    """Let AnimateDiff's hooked forward take ELLA's separate cond and CLIP-uncond calls (A1111)."""
+    """Let AnimateDiff's hooked forward take ELLA's separate cond and CLIP-uncond calls (A1111).
+
+    AnimateDiff hooks each sampler at its step 0, in its callback, which runs before ELLA's.
+    """
+    if int(getattr(denoiser, "step", 0) or 0) != 0:
+        return
     params = animatediff_params(p)
     inner = getattr(denoiser, "inner_model", None)
     forward = getattr(inner, "__dict__", {}).get("forward") if inner is not None else None

@@ -214,14 +214,15 @@ _sha256_cache: dict[tuple[str, int, int], str] = {}
 _sha256_lock = threading.Lock()
 
 
-def _file_key(path: Path) -> tuple[str, int, int]:
+def file_key(path: str | os.PathLike) -> tuple[str, int, int]:
+    """A file's identity for caches: its real path, size and mtime (a rewrite or a replacement changes it)."""
     st = os.stat(path)
     return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
     """sha256 of a file, read in 1 MiB chunks; cached by (path, size, mtime) so a second call is instant."""
-    key = _file_key(Path(path))
+    key = file_key(Path(path))
     with _sha256_lock:
         if key in _sha256_cache:
             return _sha256_cache[key]
@@ -236,7 +237,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def _remember_sha256(path: Path, digest: str) -> None:
     with _sha256_lock:
-        _sha256_cache[_file_key(path)] = digest
+        _sha256_cache[file_key(path)] = digest
 
 
 def file_matches(path: Path, remote: RemoteFile) -> bool:
@@ -687,7 +688,7 @@ def _cached_digests(moves: list[tuple[Path, Path]]) -> dict[Path, str]:
     with _sha256_lock:
         for src, dst in moves:
             try:
-                digest = _sha256_cache.get(_file_key(src))
+                digest = _sha256_cache.get(file_key(src))
             except OSError:
                 continue
             if digest:

@@ -9,7 +9,6 @@ own memory manager before T5 moves to the GPU; A1111 with --lowvram/--medvram fo
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -21,6 +20,7 @@ import torch
 
 from .args import ELLAArgs
 from .discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, resolve_ella_model, resolve_t5_encoder
+from .downloads import file_key, file_sha256
 from .errors import ELLAError, ModelPathError
 from .feature_cache import FeatureCache
 from .prompt_encoding import PromptEncoder
@@ -72,11 +72,6 @@ class LoadedTSC:
     key: tuple
 
 
-def file_key(path: Path) -> tuple:
-    st = path.stat()
-    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-
-
 class ELLARuntime:
     def __init__(self, settings: Optional[Settings] = None, hooks: Optional[MemoryHooks] = None,
                  hub_download: Optional[Callable[[str, Path], Path]] = None):
@@ -87,7 +82,6 @@ class ELLARuntime:
         self._tsc: Optional[LoadedTSC] = None
         self._t5: Optional[T5TextEncoder] = None
         self._t5_key: Optional[tuple] = None
-        self._hashes: dict[tuple, str] = {}
         self._lock = threading.RLock()
 
     # --- settings -------------------------------------------------------------------------------
@@ -133,16 +127,9 @@ class ELLARuntime:
             return self._tsc.model
 
     def model_hash(self, path: Path) -> str:
-        """sha256 of the file, first 10 hex digits (the WebUI's short-hash convention); computed once."""
-        key = file_key(path)
-        with self._lock:
-            if key not in self._hashes:
-                h = hashlib.sha256()
-                with open(path, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
-                self._hashes[key] = h.hexdigest()[:10]
-            return self._hashes[key]
+        """sha256 of the file, first 10 hex digits (the WebUI's short-hash convention); computed once, in the
+        cache the downloader and the Check report share."""
+        return file_sha256(path)[:10]
 
     def text_encoder(self, folder: Path) -> T5TextEncoder:
         """T5 ready to encode: loaded if needed and on the compute device."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import sys
 import traceback
 import weakref
 from dataclasses import dataclass, field
@@ -326,10 +325,11 @@ class _SampleGuard:
         try:
             return self.original(*args, **kwargs)
         except ELLAAbort:
+            compat.restore_regional_prompter()  # the job ends here, without postprocess
             raise self.job.error or ELLAError("ELLA stopped the job.") from None
-        finally:
-            if self.job.error is not None or sys.exc_info()[0] is not None:
-                compat.restore_regional_prompter()  # the job ends here, without postprocess
+        except BaseException:
+            compat.restore_regional_prompter()
+            raise
 
 
 def active_job(p) -> Optional[ELLAJob]:
@@ -471,7 +471,7 @@ class ELLAExtension:
             check_model_family(p.sd_model)
             compat.check_companions(p, job.args)  # every script's process() has run: their settings are known
             job.plan.cond_transform = compat.prompt_travel(p)
-            job.plan.regions = compat.regional_prompter_layout(p, job.args, job.plan.tsc.config.num_latents)
+            job.plan.regions = compat.regional_prompter_layout(p, job.plan.tsc.config.num_latents)
             if job.plan.cond_transform is not None:
                 log.info("ELLA: AnimateDiff prompt travel: ELLA's outputs are blended between the keyframes at every step")
             spec = self.pass_spec(p)
