@@ -235,6 +235,16 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def sha256_known(path: str | os.PathLike) -> bool:
+    """Whether file_sha256(path) would answer from its cache (no read of the file)."""
+    try:
+        key = file_key(Path(path))
+    except OSError:
+        return False
+    with _sha256_lock:
+        return key in _sha256_cache
+
+
 def _remember_sha256(path: Path, digest: str) -> None:
     with _sha256_lock:
         _sha256_cache[file_key(path)] = digest
@@ -706,19 +716,30 @@ MANAGER = DownloadManager()
 
 
 def hub_download(kind: str, target_dir: str | os.PathLike, *, endpoint: Optional[str] = None,
-                 manager: Optional[DownloadManager] = None) -> Path:
+                 manager: Optional[DownloadManager] = None, on_status: Optional[Callable[[dict], None]] = None,
+                 poll: float = 0.5) -> Path:
     """Download 'ella' (the TSC weights) or 't5' (the encoder folder) of QQGYLab/ELLA into target_dir; blocks.
 
     Returns the ELLA file or the T5 folder. Where another download runs, waits for it first.
+    `on_status`, if given, gets the status every `poll` seconds while waiting (for progress text).
     """
     manager = manager or MANAGER
+
+    def follow() -> dict:
+        while True:
+            st = manager.wait(poll)
+            if st["state"] != "running":
+                return st
+            if on_status is not None:
+                on_status(st)
+
     while True:
         st = manager.start([kind], {kind: target_dir}, endpoint=endpoint)
         if st["started"] or st["state"] != "running":
             break
-        manager.wait()
+        follow()
     if st["started"]:
-        st = manager.wait()
+        st = follow()
     if st["state"] != "done":
         raise _error(kind)(st["error"] or f"The {kind} download did not finish.")
     return Path(st["paths"][kind])

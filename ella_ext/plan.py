@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import torch
 
@@ -133,6 +134,7 @@ class JobPlan:
         output_cache_bytes: int = 32 * 2**20,
         interrupted: Callable[[], bool] = lambda: False,
         after_encode: Callable[[], None] = lambda: None,
+        activity: Callable[[str], ContextManager] = lambda text: nullcontext(),
     ):
         self.args = args
         self.tsc = tsc
@@ -140,6 +142,7 @@ class JobPlan:
         self.syntax = syntax
         self.interrupted = interrupted
         self.after_encode = after_encode
+        self.activity = activity  # says what ELLA is doing (the WebUI's progress text)
         self.outputs = OutputCache(output_cache_bytes)
         # applied to ELLA's cond rows at every call, e.g. AnimateDiff's keyframe blending (prompt travel)
         self.cond_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
@@ -177,15 +180,17 @@ class JobPlan:
                 for _, text in schedule:
                     regions[text] = self._split_regions(text, units, spec.name)
         texts = list(dict.fromkeys(region for parts in regions.values() for region in parts))
+        new = [text for text in texts if text not in self._encoded]
         try:
-            for text in texts:
-                if text not in self._encoded:
-                    if self.interrupted():
-                        raise Interrupted("ELLA: interrupted while encoding prompts.")
+            for number, text in enumerate(new, 1):
+                if self.interrupted():
+                    raise Interrupted("ELLA: interrupted while encoding prompts.")
+                what = f"prompt {number} of {len(new)}" if len(new) > 1 else "the prompt"
+                with self.activity(f"ELLA: encoding {what} with T5 for the {spec.name}"):
                     enc = self.prompt_encoder.encode(text)
-                    self._encoded[text] = enc
-                    self.stats.texts_encoded += 1
-                    self.stats.truncated_prompts += int(enc.truncated)
+                self._encoded[text] = enc
+                self.stats.texts_encoded += 1
+                self.stats.truncated_prompts += int(enc.truncated)
         finally:
             self.after_encode()
         encoded = {t: self._encoded[t] for t in texts}

@@ -12,15 +12,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
 from .args import ELLAArgs
 from .discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, resolve_ella_model, resolve_t5_encoder
-from .downloads import file_key, file_sha256
+from .downloads import file_key, file_sha256, human_size, sha256_known
 from .errors import ELLAError, ModelPathError
 from .feature_cache import FeatureCache
 from .prompt_encoding import PromptEncoder
@@ -31,6 +32,18 @@ from .tsc import TSC, load_ella
 log = logging.getLogger("ella")
 
 RESIDENCIES = ("gpu", "cpu", "unload")
+
+# Where ELLA says what it is doing while it takes time: the WebUI's progress text (see webui.py).
+# Called with a line, or with None when ELLA's activity ends and the host's own text comes back.
+Report = Callable[[Optional[str]], None]
+
+
+def _dtype_name(dtype) -> str:
+    return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}.get(dtype, str(dtype))
+
+
+def _device_name(device: torch.device) -> str:
+    return "the GPU" if device.type == "cuda" else "CPU memory" if device.type == "cpu" else str(device)
 
 
 @dataclass
@@ -74,9 +87,11 @@ class LoadedTSC:
 
 class ELLARuntime:
     def __init__(self, settings: Optional[Settings] = None, hooks: Optional[MemoryHooks] = None,
-                 hub_download: Optional[Callable[[str, Path], Path]] = None):
+                 hub_download: Optional[Callable[..., Path]] = None, report: Optional[Report] = None):
         self.settings = settings or Settings()
         self.hooks = hooks or MemoryHooks()
+        self.report: Report = report or (lambda text: None)
+        self._activities: list[str] = []
         self.feature_cache = FeatureCache(self.settings.cache_entries, self.settings.cache_mb * 2**20)
         self._hub_download = hub_download
         self._tsc: Optional[LoadedTSC] = None
@@ -96,6 +111,23 @@ class ELLARuntime:
             self.settings = settings
             self.feature_cache.configure(max_entries=settings.cache_entries, max_bytes=settings.cache_mb * 2**20)
 
+    # --- what ELLA is doing ----------------------------------------------------------------------
+
+    @contextmanager
+    def activity(self, text: str) -> Iterator[None]:
+        """Say `text` (log and progress text) while the block runs; an enclosing activity's text returns after."""
+        log.info("%s", text)
+        with self._lock:
+            self._activities.append(text)
+        self.report(text)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._activities.remove(text)
+                previous = self._activities[-1] if self._activities else None
+            self.report(previous)
+
     # --- models ---------------------------------------------------------------------------------
 
     def resolve(self, args: ELLAArgs, roots: ModelRoots) -> tuple[Path, Path]:
@@ -111,8 +143,8 @@ class ELLARuntime:
         except ModelPathError:
             if not (self.settings.hub_download and name == known and self._hub_download is not None):
                 raise
-        log.info("ELLA: downloading %s from the Hugging Face hub into %s", known, target)
-        self._hub_download(kind, target)
+        with self.activity(f"ELLA: downloading {known} from the Hugging Face hub into {target}"):
+            self._hub_download(kind, target, on_status=lambda status: self.report(f"ELLA: {status['message']}"))
         return resolve(name, roots)
 
     def tsc(self, path: Path) -> TSC:
@@ -123,13 +155,19 @@ class ELLARuntime:
             key = (*file_key(path), str(device), dtype)
             if self._tsc is None or self._tsc.key != key:
                 self._tsc = None
-                self._tsc = LoadedTSC(load_ella(path, device=device, dtype=dtype), path, key)
+                size = human_size(os.path.getsize(path))
+                with self.activity(f"ELLA: loading the connector {path.name} ({size}) in {_dtype_name(dtype)} "
+                                   f"to {_device_name(device)}"):
+                    self._tsc = LoadedTSC(load_ella(path, device=device, dtype=dtype), path, key)
             return self._tsc.model
 
     def model_hash(self, path: Path) -> str:
         """sha256 of the file, first 10 hex digits (the WebUI's short-hash convention); computed once, in the
         cache the downloader and the Check report share."""
-        return file_sha256(path)[:10]
+        if sha256_known(path):
+            return file_sha256(path)[:10]
+        with self.activity(f"ELLA: computing the sha256 of {Path(path).name} for the infotext (once per file)"):
+            return file_sha256(path)[:10]
 
     def text_encoder(self, folder: Path) -> T5TextEncoder:
         """T5 ready to encode: loaded if needed and on the compute device."""
@@ -139,13 +177,23 @@ class ELLARuntime:
                 self.unload_text_encoder()
             device = self.hooks.compute_device()
             if self._t5 is None:
-                log.info("ELLA: loading T5 encoder from %s", folder)
-                self._t5 = load_t5_encoder(folder, device="cpu", precision=self.settings.t5_precision)
+                with self.activity(f"ELLA: loading the T5 encoder {Path(folder).name} "
+                                   f"({_t5_size_on_disk(folder)} on disk) in {self._t5_precision_name()}"):
+                    self._t5 = load_t5_encoder(folder, device="cpu", precision=self.settings.t5_precision)
                 self._t5_key = key
             if self._t5.device != device:
-                self.hooks.make_room(self._t5.nbytes, device)
-                self._t5.to(device)
+                with self.activity(f"ELLA: moving T5 ({human_size(self._t5.nbytes)}) to {_device_name(device)}"):
+                    self.hooks.make_room(self._t5.nbytes, device)
+                    self._t5.to(device)
             return self._t5
+
+    def _t5_precision_name(self) -> str:
+        from .t5 import resolve_precision
+
+        try:
+            return _dtype_name(resolve_precision(self.settings.t5_precision, "cpu"))
+        except ELLAError:
+            return self.settings.t5_precision  # the load itself reports the problem
 
     def text_encoder_identity(self, folder: Path) -> str:
         return f"{_folder_identity(folder)}|{self.settings.t5_precision}"
@@ -157,8 +205,9 @@ class ELLARuntime:
                 return
             keep = self.settings.t5_residency == "gpu" and not self.hooks.force_offload()
             if not keep and self._t5.device.type != "cpu":
-                self._t5.to("cpu")
-                self.hooks.released()
+                with self.activity(f"ELLA: moving T5 ({human_size(self._t5.nbytes)}) off the GPU to CPU memory"):
+                    self._t5.to("cpu")
+                    self.hooks.released()
 
     def end_job(self) -> None:
         """Between jobs T5 follows the residency setting; 'unload' frees it entirely."""
@@ -200,6 +249,15 @@ class ELLARuntime:
             emphasis=args.emphasis,
             storage_device=torch.device("cpu") if self.settings.cache_on_cpu else None,
         )
+
+
+def _t5_size_on_disk(folder: Path) -> str:
+    from .t5 import inspect_t5_folder
+
+    try:
+        return human_size(sum(f.stat().st_size for f in inspect_t5_folder(folder).weight_files))
+    except (ELLAError, OSError):
+        return "size unknown"
 
 
 def _folder_identity(folder: Path) -> str:

@@ -117,6 +117,46 @@ def memory_hooks(backend: str):
     return ForgeMemory() if backend in (FORGE, REFORGE) else WebUIMemory()
 
 
+def api_credentials() -> dict[str, str]:
+    """The WebUI's --api-auth ("user:password,user2:password2"), which ELLA's routes honour like /sdapi/v1."""
+    from modules import shared
+
+    spec = getattr(shared.cmd_opts, "api_auth", None) or ""
+    pairs = (item.split(":", 1) for item in spec.split(",") if ":" in item)
+    return {user.strip(): password.strip() for user, password in pairs}
+
+
+# --- progress text --------------------------------------------------------------------------------
+
+class ProgressText:
+    """ELLA's activity as the WebUI's progress text: `shared.state.textinfo`, which the UI shows before the
+    progress bar's numbers and `/sdapi/v1/progress` returns (same in A1111, Forge and reForge).
+
+    None puts back the text the WebUI had before ELLA's first line, so ELLA's words never outlive its work.
+    """
+
+    _UNSET = object()
+
+    def __init__(self):
+        self._before: Any = self._UNSET
+
+    def __call__(self, text: Optional[str]) -> None:
+        try:
+            from modules import shared
+        except ImportError:  # the library used outside a WebUI
+            return
+        state = getattr(shared, "state", None)
+        if state is None:
+            return
+        if text is None:
+            if self._before is not self._UNSET:
+                state.textinfo, self._before = self._before, self._UNSET
+            return
+        if self._before is self._UNSET:
+            self._before = getattr(state, "textinfo", None)
+        state.textinfo = text
+
+
 # --- callbacks ------------------------------------------------------------------------------------
 
 def register_callback(category: str, callback: Callable, *, filename: str, name: Optional[str] = None) -> None:
@@ -371,13 +411,16 @@ class ELLAExtension:
 
     def __init__(self, runtime=None, backend: Optional[str] = None, syntax: Optional[PromptSyntax] = None,
                  roots: Optional[Callable[[], ModelRoots]] = None):
+        from .downloads import hub_download
+        from .model_setup import ModelSetup
         from .runtime import ELLARuntime
-        from .hub import hub_download
 
         self.backend = backend or detect_backend()
-        self.runtime = runtime or ELLARuntime(hooks=memory_hooks(self.backend), hub_download=hub_download)
+        self.runtime = runtime or ELLARuntime(hooks=memory_hooks(self.backend), hub_download=hub_download,
+                                              report=ProgressText())
         self._syntax = syntax
         self._roots = roots or model_roots
+        self.models = ModelSetup(self.roots)  # the first-run row and the /ella/v1 API
         self._open_jobs: list[weakref.ref] = []  # ELLA jobs between their first sampling and postprocess
 
     @property
@@ -414,6 +457,12 @@ class ELLAExtension:
         except ELLAError as exc:
             log.error("%s", exc)
 
+    def register_api(self, _demo, app) -> None:
+        """app_started: ELLA's /ella/v1 routes (models, download, check) on the WebUI's FastAPI app."""
+        from .api import register_routes
+
+        register_routes(app, self.models, credentials=api_credentials())
+
     # --- lifecycle ---
 
     def process(self, p, script_args: Sequence[Any]) -> None:
@@ -449,6 +498,7 @@ class ELLAExtension:
                 output_cache_bytes=self.runtime.settings.tsc_output_cache_mb * 2**20,
                 interrupted=_interrupted,
                 after_encode=self.runtime.park_text_encoder,
+                activity=self.runtime.activity,
             )
             p.extra_generation_params.update(args.infotext(self.runtime.model_hash(ella_path)))
         except BaseException as exc:

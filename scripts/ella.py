@@ -16,6 +16,7 @@ from ella_ext.args import (
     LONG_PROMPT_POLICIES,
     NEGATIVE_MODES,
 )
+from ella_ext.discovery import KNOWN_ELLA, KNOWN_T5
 from ella_ext.webui import ELLAExtension, register_callback, register_settings, register_xyz_axes
 
 try:
@@ -54,6 +55,15 @@ class ELLAScript(scripts.Script):
                                  allow_custom_value=True, elem_id=self.elem_id("t5"))
                 create_refresh_button(t5, lambda: None, lambda: {"choices": EXTENSION.t5_choices()},
                                       self.elem_id("t5_refresh"))
+            # first run: what is missing and one action that fetches it, with its progress
+            models_status = gr.HTML(EXTENSION.models.status_html(), elem_id=self.elem_id("models_status"))
+            with gr.Row():
+                download = gr.Button("Download", size="sm", visible=bool(EXTENSION.models.missing()),
+                                     elem_id=self.elem_id("download"))
+                check = gr.Button("Check", size="sm", elem_id=self.elem_id("check"))
+            check_report = gr.Markdown("", elem_id=self.elem_id("check_report"))
+            download.click(fn=_download, inputs=[], outputs=[models_status, download, model, t5], show_progress=False)
+            check.click(fn=_check, inputs=[model, t5], outputs=[check_report, models_status])
             with gr.Row():
                 length = gr.Radio(label="Token length", choices=list(LENGTH_MODES.values()),
                                   value=LENGTH_MODES[defaults.length], elem_id=self.elem_id("length"))
@@ -99,6 +109,31 @@ class ELLAScript(scripts.Script):
         EXTENSION.postprocess(p)
 
 
+def _download():
+    """Download button: start (or join) the download of what is missing; stream its progress into the
+    status line; at the end refresh both dropdowns and select the released files."""
+    keep = gr.update()
+    for status in EXTENSION.models.follow_download():
+        if status["state"] == "running":
+            yield EXTENSION.models.status_html(status), keep, keep, keep
+            continue
+        line = EXTENSION.models.status_html(status)
+        if not line and status.get("notice"):
+            line = status["notice"]
+        models, encoders = EXTENSION.model_choices(), EXTENSION.t5_choices()
+        yield (
+            line,
+            gr.update(visible=bool(EXTENSION.models.missing())),
+            gr.update(choices=models, value=KNOWN_ELLA) if KNOWN_ELLA in models else gr.update(choices=models),
+            gr.update(choices=encoders, value=KNOWN_T5) if KNOWN_T5 in encoders else gr.update(choices=encoders),
+        )
+
+
+def _check(model, t5):
+    """Check button: the report for the selected files, and the status line brought up to date."""
+    return EXTENSION.models.check(model, t5).to_markdown(), EXTENSION.models.status_html()
+
+
 def _clip_row_visibility(mode_label):
     return gr.update(visible=mode_label == CONDITIONING_MODES["ella+clip"])
 
@@ -120,6 +155,7 @@ def _infotext_field(index):
 register_callback("cfg_denoiser", EXTENSION.cfg_denoiser, name="ella", filename=__file__)
 register_callback("ui_settings", register_settings, filename=__file__)
 register_callback("script_unloaded", EXTENSION.runtime.unload_all, filename=__file__)
+register_callback("app_started", EXTENSION.register_api, filename=__file__)
 # The XYZ plot (a built-in script, loaded before extensions) builds its axis list in its ui(), which
 # API-only WebUIs run before on_before_ui: add the axes now, and again (idempotent) before the UI.
 register_xyz_axes()

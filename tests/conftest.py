@@ -63,3 +63,19 @@ def fresh_webui_state(webui):
     errors.reported.clear()
     yield
     webui.extension.runtime.feature_cache.clear()
+
+
+@pytest.fixture(scope="session")
+def released(tmp_path_factory, t5_folder) -> dict:
+    """What the stand-in hub (tests/hub_server.py) publishes as QQGYLab/ELLA: a tiny TSC under the released
+    file name, the tiny T5 folder under the released folder name, and a README."""
+    from ella_ext.discovery import KNOWN_T5
+    from ella_ext.downloads import ELLA_FILE
+    from ella_ext.tsc import TSCConfig
+
+    tsc = tmp_path_factory.mktemp("released") / ELLA_FILE
+    factories.write_tsc(tsc, TSCConfig(**factories.RELEASED_TSC), seed=1)
+    files = {ELLA_FILE: tsc.read_bytes(), "README.md": b"# ELLA\n"}
+    for f in sorted(t5_folder.iterdir()):
+        files[f"{KNOWN_T5}/{f.name}"] = f.read_bytes()
+    return files

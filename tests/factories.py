@@ -16,6 +16,9 @@ import torch
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "dpg_bench_prompts.jsonl"
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+# The TSC that download and Check tests publish as the released file: real key names, about 500 KB,
+# input_dim = the tiny T5's d_model.
+RELEASED_TSC = dict(time_channel=16, time_embed_dim=32, width=64, layers=2, heads=8, num_latents=8, input_dim=32)
 
 
 def dpg_prompts(limit: int | None = None) -> list[str]:

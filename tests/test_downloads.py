@@ -22,20 +22,9 @@ from ella_ext.errors import ModelFileError
 from ella_ext.tsc import TSCConfig
 from hub_server import HubServer, git_blob_sha1
 
-CFG = TSCConfig(time_channel=16, time_embed_dim=32, width=64, layers=2, heads=8, num_latents=8, input_dim=32)
+CFG = TSCConfig(**factories.RELEASED_TSC)
 T5_MODEL = f"{KNOWN_T5}/model.safetensors"
 T5_CONFIG = f"{KNOWN_T5}/config.json"
-
-
-@pytest.fixture(scope="module")
-def released(tmp_path_factory, t5_folder) -> dict[str, bytes]:
-    """The files the stand-in hub serves: a tiny TSC (about 500 KB) and the tiny T5 folder."""
-    tsc = tmp_path_factory.mktemp("released") / ELLA_FILE
-    factories.write_tsc(tsc, CFG, seed=1)
-    files = {ELLA_FILE: tsc.read_bytes(), "README.md": b"# ELLA\n"}
-    for f in sorted(t5_folder.iterdir()):
-        files[f"{KNOWN_T5}/{f.name}"] = f.read_bytes()
-    return files
 
 
 @pytest.fixture
@@ -315,6 +304,10 @@ def test_runtime_downloads_missing_released_models_when_enabled(hub, roots, monk
     from ella_ext.runtime import ELLARuntime, Settings
 
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    runtime = ELLARuntime(Settings(hub_download=True), hub_download=hub_download)
+    said = []
+    runtime = ELLARuntime(Settings(hub_download=True), hub_download=hub_download, report=said.append)
     ella, t5 = runtime.resolve(ELLAArgs(enabled=True, model=KNOWN_ELLA, t5=KNOWN_T5), roots)
+    # (the download's own progress lines, every 0.5 s, may come between)
+    assert [s for s in said if s is None or s.startswith("ELLA: downloading")] == [f"ELLA: downloading {KNOWN_ELLA} from the Hugging Face hub into {roots.ella[0]}", None,
+                    f"ELLA: downloading {KNOWN_T5} from the Hugging Face hub into {roots.t5[0]}", None]
     assert ella.read_bytes() == released[ELLA_FILE] and (t5 / "config.json").read_bytes() == released[T5_CONFIG]

@@ -17,7 +17,7 @@ from ella_ext.model_check import check_models
 from ella_ext.tsc import TSCConfig
 from hub_server import HubServer
 
-CFG = TSCConfig(time_channel=16, time_embed_dim=32, width=64, layers=2, heads=8, num_latents=8, input_dim=32)
+CFG = TSCConfig(**factories.RELEASED_TSC)
 
 
 @pytest.fixture

@@ -1,8 +1,12 @@
 """Just enough of gradio for a script's ui(): components keep their constructor arguments."""
 
 
+created = []  # every component made, in order (tests find buttons by elem_id here)
+
+
 class Block:
     def __init__(self, *args, **kwargs):
+        created.append(self)
         self.kwargs = kwargs
         self.value = kwargs.get("value", args[0] if args else None)
         self.label = kwargs.get("label")
@@ -63,6 +67,10 @@ class Accordion(Block):
 
 
 class HTML(Block):
+    pass
+
+
+class Markdown(Block):
     pass
 
 

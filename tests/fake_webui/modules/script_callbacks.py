@@ -6,6 +6,7 @@ callbacks_ui_settings = []
 callbacks_script_unloaded = []
 callbacks_infotext_pasted = []
 callbacks_before_ui = []
+callbacks_app_started = []
 
 
 class CFGDenoiserParams:
@@ -40,6 +41,14 @@ def on_before_ui(callback, *, name=None):
     callbacks_before_ui.append(callback)
 
 
+def on_app_started(callback, *, name=None):
+    callbacks_app_started.append(callback)
+
+
+def app_started_callback(demo, app):
+    _run(callbacks_app_started, demo, app)
+
+
 def before_ui_callback():
     _run(callbacks_before_ui)
 
@@ -66,5 +75,5 @@ def script_unloaded_callback():
 
 def clear():
     for lst in (callbacks_cfg_denoiser, callbacks_ui_settings, callbacks_script_unloaded, callbacks_infotext_pasted,
-                callbacks_before_ui):
+                callbacks_before_ui, callbacks_app_started):
         lst.clear()

@@ -57,6 +57,7 @@ class State:
         self.sampling_step = 0
         self.sampling_steps = 0
         self.job_count = 0
+        self.textinfo = None
 
     def interrupt(self):
         self.interrupted = True

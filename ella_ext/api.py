@@ -1,0 +1,84 @@
+"""ELLA's own HTTP API, under /ella/v1, for headless users (the WebUI's /sdapi/v1 runs the jobs).
+
+    GET    /ella/v1/models[?check=true&model=NAME&t5=NAME]   what is installed, what is missing, where
+                                                             downloads go, the download's status; with
+                                                             check=true, the Check report for the files
+    POST   /ella/v1/download  {"kinds": ["ella", "t5"]}     start fetching (default: what is missing);
+                                                             202 started, 200 already running or nothing
+                                                             to do (see "notice"), 409 refused (offline)
+    GET    /ella/v1/download[?wait=SECONDS]                  poll the progress; wait (up to 60 s) returns
+                                                             early when the download ends
+    DELETE /ella/v1/download                                 cancel; the next POST resumes
+
+FastAPI is imported when the routes are registered (it ships with every WebUI), not at import.
+No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime.
+"""
+
+import secrets
+from typing import Dict, List, Optional
+
+from .errors import ELLAError
+from .model_setup import ModelSetup
+
+PREFIX = "/ella/v1"
+MAX_WAIT = 60.0
+
+
+def register_routes(app, setup: ModelSetup, *, credentials: Optional[Dict[str, str]] = None) -> None:
+    """Add the routes to the WebUI's FastAPI `app`; `credentials` (user -> password) as the WebUI's --api-auth."""
+    from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response
+    from fastapi.security import HTTPBasic, HTTPBasicCredentials
+    from pydantic import BaseModel
+
+    dependencies = []
+    if credentials:
+        basic = HTTPBasic()
+
+        def authenticate(given: HTTPBasicCredentials = Depends(basic)):
+            expected = credentials.get(given.username)
+            if expected is None or not secrets.compare_digest(expected.encode(), given.password.encode()):
+                raise HTTPException(status_code=401, detail="Incorrect username or password",
+                                    headers={"WWW-Authenticate": "Basic"})
+
+        dependencies.append(Depends(authenticate))
+
+    class DownloadRequest(BaseModel):
+        kinds: Optional[List[str]] = None
+
+    router = APIRouter(prefix=PREFIX, tags=["ELLA"], dependencies=dependencies)
+
+    @router.get("/models")
+    def models(check: bool = False, model: Optional[str] = None, t5: Optional[str] = None):
+        out = setup.describe()
+        if check:
+            try:
+                report = setup.check(model, t5)
+            except ELLAError as exc:
+                raise HTTPException(status_code=422, detail=str(exc))
+            out["check"] = dict(report.to_dict(), markdown=report.to_markdown())
+        return out
+
+    @router.post("/download")
+    def start_download(response: Response, request: Optional[DownloadRequest] = Body(default=None)):
+        try:
+            status = setup.start_download(request.kinds if request is not None else None)
+        except ELLAError as exc:
+            raise HTTPException(status_code=422, detail=str(exc))
+        if status["started"]:
+            response.status_code = 202
+        elif "notice" not in status:  # refused before starting: offline, or no huggingface_hub
+            raise HTTPException(status_code=409, detail=status["error"])
+        return status
+
+    @router.get("/download")
+    def download_status(wait: float = Query(0.0, ge=0.0, le=MAX_WAIT)):
+        status = setup.download_status()
+        if wait and status["state"] == "running":
+            status = setup.wait(wait)
+        return status
+
+    @router.delete("/download")
+    def cancel_download():
+        return setup.cancel_download()
+
+    app.include_router(router)

@@ -1,0 +1,163 @@
+"""Getting the models onto disk: what is installed, what is missing, the Download action and the Check.
+
+One object, `ModelSetup`, answers for both faces of it: the accordion's first-run row (a one-line
+status, a Download button with a progress bar, a Check button) and the `/ella/v1` API
+(`ella_ext/api.py`). Downloads go through the process-wide `downloads.MANAGER`, so a click in the UI,
+a call to the API and a job with the auto-download setting never fetch the same files twice at once.
+Nothing here downloads unless asked.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+from .discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, list_ella_models, list_t5_encoders
+from .downloads import ELLA_FILE, KINDS, MANAGER, REPO, DownloadManager, offline_message, offline_reason
+from .errors import ArgumentError
+from .model_check import CheckReport, check_models
+
+WHAT = {"ella": f"the ELLA model ({ELLA_FILE})", "t5": f"the T5 encoder ({KNOWN_T5})"}
+README_MODELS = "README, section Models"
+
+
+class ModelSetup:
+    def __init__(self, roots: Callable[[], ModelRoots], manager: Optional[DownloadManager] = None,
+                 endpoint: Optional[str] = None):
+        self._roots = roots
+        self.manager = manager or MANAGER
+        self.endpoint = endpoint  # None: HF_ENDPOINT, else huggingface_hub's default
+
+    # --- what is on disk ------------------------------------------------------------------------
+
+    def roots(self) -> ModelRoots:
+        return self._roots()
+
+    def installed(self) -> dict[str, list[str]]:
+        roots = self.roots()
+        return {"models": list_ella_models(roots), "t5": list_t5_encoders(roots)}
+
+    def missing(self, installed: Optional[dict] = None) -> list[str]:
+        """The kinds with nothing installed: "ella" (no ELLA model file), "t5" (no T5 folder)."""
+        installed = installed or self.installed()
+        return [kind for kind, key in (("ella", "models"), ("t5", "t5")) if not installed[key]]
+
+    def targets(self) -> dict[str, Path]:
+        """Where downloads go: the first ELLA folder and the first T5 folder (the defaults under models/ELLA)."""
+        roots = self.roots()
+        return {"ella": roots.ella[0], "t5": roots.t5[0]}
+
+    # --- the download ---------------------------------------------------------------------------
+
+    def start_download(self, kinds: Optional[Sequence[str]] = None) -> dict:
+        """Start fetching `kinds` (default: the missing ones). Returns the download status plus `started`,
+        and `notice` where nothing new started (one already runs, or nothing is missing)."""
+        if kinds is None:
+            kinds = self.missing()
+            if not kinds:
+                return dict(self.manager.status(), started=False,
+                            notice="The ELLA model and the T5 encoder are installed; nothing to download.")
+        kinds = list(kinds)
+        bad = [k for k in kinds if k not in KINDS]
+        if not kinds or bad:
+            raise ArgumentError(f"'kinds' must list some of {', '.join(KINDS)}; got {kinds!r}.")
+        return self.manager.start(kinds, self.targets(), endpoint=self.endpoint)
+
+    def download_status(self) -> dict:
+        return self.manager.status()
+
+    def wait(self, timeout: float) -> dict:
+        return self.manager.wait(timeout)
+
+    def cancel_download(self) -> dict:
+        return self.manager.cancel()
+
+    def follow_download(self, kinds: Optional[Sequence[str]] = None, poll: float = 0.5) -> Iterator[dict]:
+        """Start (or join) a download and yield its status every `poll` seconds, ending with the final one."""
+        status = self.start_download(kinds)
+        yield status
+        if status["state"] != "running":
+            return
+        while True:
+            status = self.manager.wait(poll)
+            yield status
+            if status["state"] != "running":
+                return
+
+    # --- the check ------------------------------------------------------------------------------
+
+    def check(self, model: Optional[str], t5: Optional[str], *, timeout: float = 10.0) -> CheckReport:
+        """The Check report for the named files; an empty name means what a job would use (the first one
+        installed, else the released one). Reads and hashes the files the first time (about 10 s for the
+        2.8 GB T5): call it off the UI thread."""
+        if not model or not t5:
+            installed = self.installed()
+            model = model or (installed["models"][0] if installed["models"] else "")
+            t5 = t5 or (installed["t5"][0] if installed["t5"] else "")
+        return check_models(model, t5, self.roots(), endpoint=self.endpoint, timeout=timeout)
+
+    # --- what the API lists ---------------------------------------------------------------------
+
+    def describe(self) -> dict:
+        installed = self.installed()
+        targets = self.targets()
+        roots = self.roots()
+        reason = offline_reason()
+        return {
+            "models": installed["models"],
+            "t5": installed["t5"],
+            "missing": self.missing(installed),
+            "folders": {"ella": [str(p) for p in roots.ella], "t5": [str(p) for p in roots.t5]},
+            "download_targets": {k: str(v) for k, v in targets.items()},
+            "released": {"ella": KNOWN_ELLA, "t5": KNOWN_T5, "repo": REPO},
+            "downloads_allowed": reason is None,
+            "offline_reason": reason,
+            "download": self.download_status(),
+        }
+
+    # --- the accordion's status line ------------------------------------------------------------
+
+    def status_html(self, status: Optional[dict] = None, installed: Optional[dict] = None) -> str:
+        """One line for the accordion: the download's progress while one runs, else what is missing and the
+        fix, else the outcome of a download that just ended, else nothing (everything installed)."""
+        status = status if status is not None else self.download_status()
+        installed = installed or self.installed()
+        missing = self.missing(installed)
+        if status["state"] == "running":
+            return _progress_html(status)
+        if status["state"] == "error" and missing:
+            return _line(f"Download failed: {status['error']} Press Download to try again (it resumes).", "error")
+        if missing:
+            targets = self.targets()
+            needed = " and ".join(f"{WHAT[k]} in '{targets[k]}'" for k in missing)
+            reason = offline_reason()
+            if reason:
+                return _line(f"ELLA needs {needed}. {offline_message(reason)}", "missing")
+            return _line(f"ELLA needs {needed}. Press Download to fetch {'them' if len(missing) > 1 else 'it'} "
+                         f"from {REPO} on the Hugging Face hub, or put {'them' if len(missing) > 1 else 'it'} "
+                         f"there by hand ({README_MODELS}).", "missing")
+        if status["state"] == "done" and status.get("finished_at") and time.time() - status["finished_at"] < 3600:
+            where = ", ".join(f"'{p}'" for p in status["paths"].values())
+            return _line(f"Downloaded and verified: {where}. ELLA is ready.", "done")
+        return ""
+
+
+def _line(text: str, kind: str) -> str:
+    color = {"error": "var(--error-text-color, #c00)", "done": "var(--body-text-color)"}.get(kind, "var(--body-text-color)")
+    return f'<div class="ella-models-status ella-{kind}" style="color: {color}">{html.escape(text)}</div>'
+
+
+def _progress_html(status: dict) -> str:
+    total, done = status["bytes_total"], status["bytes_done"]
+    fraction = min(done / total, 1.0) if total else 0.0
+    percent = f"{fraction * 100:.0f}%" if total else ""
+    return (
+        '<div class="ella-models-status ella-running">'
+        '<div style="height: 0.6em; border-radius: 0.3em; background: var(--background-fill-secondary, #ddd); '
+        'overflow: hidden; margin: 0.2em 0">'
+        f'<div class="ella-progress-bar" style="width: {fraction * 100:.1f}%; height: 100%; '
+        'background: var(--color-accent, #f97316)"></div></div>'
+        f"<span>{html.escape(percent + ' ' if percent else '')}{html.escape(status['message'])}</span></div>"
+    )
