@@ -21,6 +21,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -51,6 +52,7 @@ BY_HAND = (
     f"{KNOWN_T5} into models/ELLA/t5 (see the README)"
 )
 _TRUE = ("1", "ON", "YES", "TRUE")
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def _error(kind: Optional[str]) -> type[ELLAError]:
@@ -124,23 +126,24 @@ def hub_endpoint(endpoint: Optional[str] = None) -> str:
 
 
 def offline_reason(offline: bool = False) -> Optional[str]:
-    """Why downloads are off, or None."""
+    """Why downloads are off, or None. huggingface_hub's offline mode is HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE."""
     if offline:
         return "offline mode was requested"
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE:
-        return "HF_HUB_OFFLINE is set"
+    for name in OFFLINE_VARIABLES:
+        if os.environ.get(name, "").strip().upper() in _TRUE:
+            return f"{name} is set"
     try:
         from huggingface_hub import constants
     except ImportError:
         return None
-    # huggingface_hub read the variable at import; its HTTP session keeps refusing until a restart
-    return "HF_HUB_OFFLINE was set when the WebUI started" if constants.HF_HUB_OFFLINE else None
+    # huggingface_hub read the variables at import; its HTTP session keeps refusing until a restart
+    return "HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE was set when the WebUI started" if constants.HF_HUB_OFFLINE else None
 
 
 def offline_message(reason: str) -> str:
     return (
-        f"Not downloading: {reason}. To allow downloads, unset HF_HUB_OFFLINE (or set it to 0) and restart the WebUI; "
-        f"or {BY_HAND}."
+        f"Not downloading: {reason}. To allow downloads, unset HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE (or set them "
+        f"to 0) and restart the WebUI; or {BY_HAND}."
     )
 
 
@@ -169,7 +172,7 @@ def remote_files(kind: str, endpoint: Optional[str] = None, *, timeout: Optional
             url, params = r.links.get("next", {}).get("url"), None  # the next link carries the query
     except Exception as exc:  # the client raises requests/httpx/hub errors; all mean "could not list"
         code = _status_code(exc)
-        reason = f"it answered HTTP {code}" if code else f"{type(exc).__name__}: {_first_line(exc)}"
+        reason = f"it answered HTTP {code}" if code else _connection_problem(exc)
         raise HubUnavailable(reason, endpoint) from None
     try:
         files = [
@@ -192,6 +195,20 @@ def remote_files(kind: str, endpoint: Optional[str] = None, *, timeout: Optional
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:300] if lines else ""
+
+
+_OS_ERROR = re.compile(r"\[Errno -?\d+\] ([^'\"()\[\]\\]+)")
+
+
+def _connection_problem(exc: BaseException) -> str:
+    """A few words for a failed connection. requests nests the OS error's text deep in a pool error's repr."""
+    text = str(exc)
+    found = _OS_ERROR.search(text)
+    if found:
+        return found.group(1).strip().rstrip(".").lower()  # "connection refused", "name or service not known"
+    if isinstance(exc, TimeoutError) or "timed out" in text.lower() or "timeout" in type(exc).__name__.lower():
+        return "the connection timed out"
+    return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
 @contextmanager
@@ -626,7 +643,7 @@ class DownloadManager:
                     ) from None
                 if code:
                     raise _Retry(f"the server answered HTTP {code}") from None
-                raise _Retry(f"the connection was lost ({type(exc).__name__}: {_first_line(exc)})") from None
+                raise _Retry(f"the connection was lost ({_connection_problem(exc)})") from None
         size = part.stat().st_size
         if size < remote.size:
             raise _Retry(f"the server sent {size} of {remote.size} bytes")

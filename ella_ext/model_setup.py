@@ -29,6 +29,8 @@ class ModelSetup:
         self._roots = roots
         self.manager = manager or MANAGER
         self.endpoint = endpoint  # None: HF_ENDPOINT, else huggingface_hub's default
+        self._repair: set[str] = set()  # kinds whose released files the last Check found damaged
+        self._repair_found_at = 0.0
 
     # --- what is on disk ------------------------------------------------------------------------
 
@@ -44,6 +46,18 @@ class ModelSetup:
         installed = installed or self.installed()
         return [kind for kind, key in (("ella", "models"), ("t5", "t5")) if not installed[key]]
 
+    def to_download(self) -> list[str]:
+        """What the Download button fetches: the missing kinds, and those the last Check found damaged (the
+        download replaces a file that does not match the hub)."""
+        missing, repair = self.missing(), self._repairs()
+        return [kind for kind in KINDS if kind in missing or kind in repair]
+
+    def _repairs(self) -> set[str]:
+        status = self.manager.status()
+        if status["state"] == "done" and (status["finished_at"] or 0) >= self._repair_found_at:
+            self._repair -= set(status["kinds"])  # replaced by a verified download since the Check
+        return set(self._repair)
+
     def targets(self) -> dict[str, Path]:
         """Where downloads go: the first ELLA folder and the first T5 folder (the defaults under models/ELLA)."""
         roots = self.roots()
@@ -52,10 +66,10 @@ class ModelSetup:
     # --- the download ---------------------------------------------------------------------------
 
     def start_download(self, kinds: Optional[Sequence[str]] = None) -> dict:
-        """Start fetching `kinds` (default: the missing ones). Returns the download status plus `started`,
+        """Start fetching `kinds` (default: `to_download()`). Returns the download status plus `started`,
         and `notice` where nothing new started (one already runs, or nothing is missing)."""
         if kinds is None:
-            kinds = self.missing()
+            kinds = self.to_download()
             if not kinds:
                 return dict(self.manager.status(), started=False,
                             notice="The ELLA model and the T5 encoder are installed; nothing to download.")
@@ -96,7 +110,10 @@ class ModelSetup:
             installed = self.installed()
             model = model or (installed["models"][0] if installed["models"] else "")
             t5 = t5 or (installed["t5"][0] if installed["t5"] else "")
-        return check_models(model, t5, self.roots(), endpoint=self.endpoint, timeout=timeout)
+        report = check_models(model, t5, self.roots(), endpoint=self.endpoint, timeout=timeout)
+        self._repair = {_kind(item.name) for item in report.items if not item.ok and "press download" in item.fix.lower()}
+        self._repair_found_at = time.time()
+        return report
 
     # --- what the API lists ---------------------------------------------------------------------
 
@@ -109,6 +126,7 @@ class ModelSetup:
             "models": installed["models"],
             "t5": installed["t5"],
             "missing": self.missing(installed),
+            "to_download": self.to_download(),
             "folders": {"ella": [str(p) for p in roots.ella], "t5": [str(p) for p in roots.t5]},
             "download_targets": {k: str(v) for k, v in targets.items()},
             "released": {"ella": KNOWN_ELLA, "t5": KNOWN_T5, "repo": REPO},
@@ -127,6 +145,11 @@ class ModelSetup:
         missing = self.missing(installed)
         if status["state"] == "running":
             return _progress_html(status)
+        repair = self._repairs()
+        if not missing and repair:
+            names = " and ".join(WHAT[k] for k in KINDS if k in repair)
+            return _line(f"Check found {names} damaged (see the report). Press Download to replace "
+                         f"{'them' if len(repair) > 1 else 'it'} with the verified released files.", "error")
         if status["state"] == "error" and missing:
             return _line(f"Download failed: {status['error']} Press Download to try again (it resumes).", "error")
         if missing:
@@ -142,6 +165,10 @@ class ModelSetup:
             where = ", ".join(f"'{p}'" for p in status["paths"].values())
             return _line(f"Downloaded and verified: {where}. ELLA is ready.", "done")
         return ""
+
+
+def _kind(check_item_name: str) -> str:
+    return "t5" if check_item_name.startswith("T5") else "ella"
 
 
 def _line(text: str, kind: str) -> str:

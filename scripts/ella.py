@@ -58,12 +58,12 @@ class ELLAScript(scripts.Script):
             # first run: what is missing and one action that fetches it, with its progress
             models_status = gr.HTML(EXTENSION.models.status_html(), elem_id=self.elem_id("models_status"))
             with gr.Row():
-                download = gr.Button("Download", size="sm", visible=bool(EXTENSION.models.missing()),
+                download = gr.Button("Download", size="sm", visible=bool(EXTENSION.models.to_download()),
                                      elem_id=self.elem_id("download"))
                 check = gr.Button("Check", size="sm", elem_id=self.elem_id("check"))
             check_report = gr.Markdown("", elem_id=self.elem_id("check_report"))
             download.click(fn=_download, inputs=[], outputs=[models_status, download, model, t5], show_progress=False)
-            check.click(fn=_check, inputs=[model, t5], outputs=[check_report, models_status])
+            check.click(fn=_check, inputs=[model, t5], outputs=[check_report, models_status, download])
             with gr.Row():
                 length = gr.Radio(label="Token length", choices=list(LENGTH_MODES.values()),
                                   value=LENGTH_MODES[defaults.length], elem_id=self.elem_id("length"))
@@ -123,15 +123,18 @@ def _download():
         models, encoders = EXTENSION.model_choices(), EXTENSION.t5_choices()
         yield (
             line,
-            gr.update(visible=bool(EXTENSION.models.missing())),
+            gr.update(visible=bool(EXTENSION.models.to_download())),
             gr.update(choices=models, value=KNOWN_ELLA) if KNOWN_ELLA in models else gr.update(choices=models),
             gr.update(choices=encoders, value=KNOWN_T5) if KNOWN_T5 in encoders else gr.update(choices=encoders),
         )
 
 
 def _check(model, t5):
-    """Check button: the report for the selected files, and the status line brought up to date."""
-    return EXTENSION.models.check(model, t5).to_markdown(), EXTENSION.models.status_html()
+    """Check button: the report for the selected files; the status line and the Download button brought up
+    to date (Download replaces released files the check found damaged)."""
+    report = EXTENSION.models.check(model, t5)
+    return (report.to_markdown(), EXTENSION.models.status_html(),
+            gr.update(visible=bool(EXTENSION.models.to_download())))
 
 
 def _clip_row_visibility(mode_label):

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -9,6 +10,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import factories  # noqa: E402
+
+# The download tests talk to a stand-in hub on 127.0.0.1; huggingface_hub reads its offline mode once, at import.
+for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.pop(_name, None)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -239,15 +239,18 @@ def test_cancel_keeps_the_partial_for_the_next_start(hub, roots, manager, releas
     assert run(manager, hub, roots, kinds=["ella"])["state"] == "done"
 
 
-@pytest.mark.parametrize("how", ["argument", "environment"])
+@pytest.mark.parametrize("how", ["argument", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
 def test_offline_refuses_with_instructions(hub, roots, manager, monkeypatch, how):
-    if how == "environment":
-        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    """huggingface_hub's offline mode is either variable; the refusal names the one that is set."""
+    if how != "argument":
+        monkeypatch.setenv(how, "1")
     status = manager.start(["ella", "t5"], targets(roots), endpoint=hub.url, offline=how == "argument")
     assert status["started"] is False and status["state"] == "error"
-    assert "HF_HUB_OFFLINE" in status["error"] and "by hand" in status["error"] and ELLA_FILE in status["error"]
+    assert (f"{how} is set" if how != "argument" else "offline mode was requested") in status["error"]
+    assert "unset HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE" in status["error"]
+    assert "by hand" in status["error"] and ELLA_FILE in status["error"]
     assert hub.listings == [] and hub.downloads == []
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv(how, raising=False)
     assert run(manager, hub, roots, kinds=["ella"])["state"] == "done"  # refusing left nothing behind
 
 
@@ -311,3 +314,18 @@ def test_runtime_downloads_missing_released_models_when_enabled(hub, roots, monk
     assert [s for s in said if s is None or s.startswith("ELLA: downloading")] == [f"ELLA: downloading {KNOWN_ELLA} from the Hugging Face hub into {roots.ella[0]}", None,
                     f"ELLA: downloading {KNOWN_T5} from the Hugging Face hub into {roots.t5[0]}", None]
     assert ella.read_bytes() == released[ELLA_FILE] and (t5 / "config.json").read_bytes() == released[T5_CONFIG]
+
+
+def test_no_server_at_the_endpoint_is_said_in_a_few_words(roots, manager):
+    """requests buries the OS error in a pool error's repr; the UI line must say it plainly."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = manager.start(["ella"], targets(roots), endpoint=f"http://127.0.0.1:{port}")
+    status = manager.wait(30) if started["started"] else started
+    assert status["state"] == "error"
+    assert status["error"].startswith(f"Could not get the file list of QQGYLab/ELLA from http://127.0.0.1:{port}: "
+                                      "connection refused. Check the network")
+    assert "MaxRetryError" not in status["error"] and "Errno" not in status["error"]

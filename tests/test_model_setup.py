@@ -39,6 +39,7 @@ def empty_webui(tmp_path, hub, monkeypatch):
     """scripts/ella.py in a WebUI whose models folder has no ELLA files yet; HF_ENDPOINT is the stand-in hub."""
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     webui = load_script(tmp_path / "models")
     manager = DownloadManager(retries=0, chunk_size=16384)
     webui.extension.models = ModelSetup(webui.extension.roots, manager=manager)
@@ -97,7 +98,7 @@ def test_accordion_says_what_is_missing_and_downloads_it_with_progress(empty_web
     again = build_ui(empty_webui)  # the page after a restart: nothing missing, no Download button
     assert again["download"].kwargs["visible"] is False
     assert again["model"].value == KNOWN_ELLA and again["t5"].value == KNOWN_T5
-    report, line = handler(again["check"])(KNOWN_ELLA, KNOWN_T5)
+    report, line, button = handler(again["check"])(KNOWN_ELLA, KNOWN_T5)
     assert report.startswith("**ELLA model check: all good**")
     assert "ELLA sha256" in report and "matches the hub" in report
 
@@ -116,7 +117,7 @@ def test_a_failed_download_says_why_and_keeps_the_button(empty_webui, hub):
 
 def test_check_names_the_fix_for_what_is_missing(empty_webui):
     ui = build_ui(empty_webui)
-    report, _line = handler(ui["check"])("", "")
+    report, _line, button = handler(ui["check"])("", "")
     assert "**ELLA model check: 2 problems**" in report
     assert "Press Download in the ELLA accordion to fetch" in report
 
@@ -172,6 +173,7 @@ def test_api_lists_downloads_with_progress_and_checks(empty_webui, hub, monkeypa
         status, models = call(base, "GET", "/ella/v1/models")
         assert status == 200
         assert models["models"] == [] and models["t5"] == [] and models["missing"] == ["ella", "t5"]
+        assert models["to_download"] == ["ella", "t5"]
         assert models["download_targets"] == {"ella": str(empty_webui.models_dir / "ELLA"),
                                               "t5": str(empty_webui.models_dir / "ELLA" / "t5")}
         assert models["downloads_allowed"] is True and models["download"]["state"] == "idle"
@@ -312,3 +314,24 @@ def test_moving_t5_off_the_gpu_is_said(monkeypatch):
     runtime.park_text_encoder()
     assert moved == ["cpu"]
     assert seen == ["ELLA: moving T5 (2.8 GB) off the GPU to CPU memory", None]
+
+
+def test_check_finds_a_damaged_file_and_download_replaces_it(empty_webui, hub, released):
+    ui = build_ui(empty_webui)
+    *_, (line, *_rest) = handler(ui["download"])()
+    assert "ELLA is ready" in line
+    installed = empty_webui.models_dir / "ELLA" / ELLA_FILE
+    data = bytearray(installed.read_bytes())
+    data[-1] ^= 0xFF  # same size, one flipped byte: only the sha256 tells
+    installed.write_bytes(bytes(data))
+
+    report, line, button = handler(ui["check"])(KNOWN_ELLA, KNOWN_T5)
+    assert "**ELLA model check: 1 problem**" in report and "does not match the hub" in report
+    assert "Press Download to replace" in line and button == {"__type__": "update", "visible": True}
+    assert empty_webui.extension.models.to_download() == ["ella"]
+
+    *_, (line, button, model, _t5) = handler(ui["download"])()
+    assert installed.read_bytes() == released[ELLA_FILE]
+    assert "ELLA is ready" in line and button == {"__type__": "update", "visible": False}
+    report, line, button = handler(ui["check"])(KNOWN_ELLA, KNOWN_T5)
+    assert "all good" in report and line.startswith('<div class="ella-models-status ella-done"')
