@@ -49,12 +49,14 @@ def register_routes(app, setup: ModelSetup, *, credentials: Optional[Dict[str, s
 
     @router.get("/models")
     def models(check: bool = False, model: Optional[str] = None, t5: Optional[str] = None):
-        out = setup.describe()
-        if check:
+        report = None
+        if check:  # first: what it finds damaged is part of "to_download"
             try:
                 report = setup.check(model, t5)
             except ELLAError as exc:
                 raise HTTPException(status_code=422, detail=str(exc))
+        out = setup.describe()
+        if report is not None:
             out["check"] = dict(report.to_dict(), markdown=report.to_markdown())
         return out
 

@@ -335,3 +335,19 @@ def test_check_finds_a_damaged_file_and_download_replaces_it(empty_webui, hub, r
     assert "ELLA is ready" in line and button == {"__type__": "update", "visible": False}
     report, line, button = handler(ui["check"])(KNOWN_ELLA, KNOWN_T5)
     assert "all good" in report and line.startswith('<div class="ella-models-status ella-done"')
+
+
+def test_api_check_lists_a_damaged_file_to_download(empty_webui, hub, released):
+    with serve_app(empty_webui) as base:
+        assert call(base, "POST", "/ella/v1/download")[0] == 202
+        assert call(base, "GET", "/ella/v1/download?wait=30")[1]["state"] == "done"
+        t5_weights = empty_webui.models_dir / "ELLA" / "t5" / KNOWN_T5 / "model.safetensors"
+        t5_weights.write_bytes(t5_weights.read_bytes()[:-10])  # truncated
+        status, models = call(base, "GET", "/ella/v1/models?check=true")
+        assert status == 200 and models["check"]["ok"] is False and models["to_download"] == ["t5"]
+        status, started = call(base, "POST", "/ella/v1/download")
+        assert status == 202 and started["kinds"] == ["t5"]
+        assert call(base, "GET", "/ella/v1/download?wait=30")[1]["state"] == "done"
+        assert t5_weights.read_bytes() == released[f"{KNOWN_T5}/model.safetensors"]
+        status, models = call(base, "GET", "/ella/v1/models?check=true")
+        assert models["check"]["ok"] is True and models["to_download"] == []
