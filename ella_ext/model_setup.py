@@ -145,6 +145,8 @@ class ModelSetup:
         missing = self.missing(installed)
         if status["state"] == "running":
             return _progress_html(status)
+        if status.get("notice"):  # a click that started nothing: say why
+            return _line(status["notice"], "done")
         repair = self._repairs()
         if not missing and repair:
             names = " and ".join(WHAT[k] for k in KINDS if k in repair)

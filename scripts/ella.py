@@ -55,15 +55,16 @@ class ELLAScript(scripts.Script):
                                  allow_custom_value=True, elem_id=self.elem_id("t5"))
                 create_refresh_button(t5, lambda: None, lambda: {"choices": EXTENSION.t5_choices()},
                                       self.elem_id("t5_refresh"))
-            # first run: what is missing and one action that fetches it, with its progress
-            models_status = gr.HTML(EXTENSION.models.status_html(), elem_id=self.elem_id("models_status"))
+            # first run: what is missing, and one action that fetches it with its progress. A callable value is
+            # evaluated at every page load, so the line is never older than the page (files added by hand or
+            # through the API). Download with nothing to fetch says so; it also replaces what Check found damaged.
+            models_status = gr.HTML(EXTENSION.models.status_html, elem_id=self.elem_id("models_status"))
             with gr.Row():
-                download = gr.Button("Download", size="sm", visible=bool(EXTENSION.models.to_download()),
-                                     elem_id=self.elem_id("download"))
+                download = gr.Button("Download", size="sm", elem_id=self.elem_id("download"))
                 check = gr.Button("Check", size="sm", elem_id=self.elem_id("check"))
             check_report = gr.Markdown("", elem_id=self.elem_id("check_report"))
-            download.click(fn=_download, inputs=[], outputs=[models_status, download, model, t5], show_progress=False)
-            check.click(fn=_check, inputs=[model, t5], outputs=[check_report, models_status, download])
+            download.click(fn=_download, inputs=[], outputs=[models_status, model, t5], show_progress=False)
+            check.click(fn=_check, inputs=[model, t5], outputs=[check_report, models_status])
             with gr.Row():
                 length = gr.Radio(label="Token length", choices=list(LENGTH_MODES.values()),
                                   value=LENGTH_MODES[defaults.length], elem_id=self.elem_id("length"))
@@ -115,26 +116,21 @@ def _download():
     keep = gr.update()
     for status in EXTENSION.models.follow_download():
         if status["state"] == "running":
-            yield EXTENSION.models.status_html(status), keep, keep, keep
+            yield EXTENSION.models.status_html(status), keep, keep
             continue
         line = EXTENSION.models.status_html(status)
-        if not line and status.get("notice"):
-            line = status["notice"]
         models, encoders = EXTENSION.model_choices(), EXTENSION.t5_choices()
         yield (
             line,
-            gr.update(visible=bool(EXTENSION.models.to_download())),
             gr.update(choices=models, value=KNOWN_ELLA) if KNOWN_ELLA in models else gr.update(choices=models),
             gr.update(choices=encoders, value=KNOWN_T5) if KNOWN_T5 in encoders else gr.update(choices=encoders),
         )
 
 
 def _check(model, t5):
-    """Check button: the report for the selected files; the status line and the Download button brought up
-    to date (Download replaces released files the check found damaged)."""
-    report = EXTENSION.models.check(model, t5)
-    return (report.to_markdown(), EXTENSION.models.status_html(),
-            gr.update(visible=bool(EXTENSION.models.to_download())))
+    """Check button: the report for the selected files, and the status line brought up to date (it says when
+    Download would replace a released file the check found damaged)."""
+    return EXTENSION.models.check(model, t5).to_markdown(), EXTENSION.models.status_html()
 
 
 def _clip_row_visibility(mode_label):

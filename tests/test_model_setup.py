@@ -74,7 +74,6 @@ def test_accordion_says_what_is_missing_and_downloads_it_with_progress(empty_web
     assert f"ELLA needs the ELLA model ({ELLA_FILE}) in &#x27;{ella_dir}&#x27;" in line
     assert f"the T5 encoder ({KNOWN_T5}) in &#x27;{ella_dir / 't5'}&#x27;" in line
     assert "Press Download" in line
-    assert ui["download"].kwargs["visible"] is True
     assert ui["model"].choices == [] and ui["t5"].choices == []
 
     hub.gate = threading.Event()  # hold the first file's body to see the download in progress
@@ -83,22 +82,24 @@ def test_accordion_says_what_is_missing_and_downloads_it_with_progress(empty_web
     assert hub.waiting.wait(10)
     during = next(updates)
     assert 'class="ella-progress-bar"' in during[0] and "Downloading" in during[0]
-    assert during[1:] == ({"__type__": "update"},) * 3  # the dropdowns wait for the end
+    assert during[1:] == ({"__type__": "update"},) * 2  # the dropdowns wait for the end
     assert 'class="ella-models-status' in first[0]
     hub.gate.set()
     *_, last = updates
-    status, button, model, t5 = last
+    status, model, t5 = last
     assert "Downloaded and verified" in status and "ELLA is ready" in status
-    assert button == {"__type__": "update", "visible": False}
     assert model["value"] == KNOWN_ELLA and KNOWN_ELLA in model["choices"]
     assert t5["value"] == KNOWN_T5 and KNOWN_T5 in t5["choices"]
     assert (ella_dir / ELLA_FILE).is_file() and (ella_dir / "t5" / KNOWN_T5 / "config.json").is_file()
     assert not list(ella_dir.rglob("*.part"))
 
-    again = build_ui(empty_webui)  # the page after a restart: nothing missing, no Download button
-    assert again["download"].kwargs["visible"] is False
+    assert "ELLA needs" not in ui["models_status"].load_fn()  # a reload of the page shows the line as it is now
+    *_, (line, _model, _t5) = handler(ui["download"])()
+    assert "The ELLA model and the T5 encoder are installed; nothing to download." in line
+
+    again = build_ui(empty_webui)  # the page after a restart
     assert again["model"].value == KNOWN_ELLA and again["t5"].value == KNOWN_T5
-    report, line, button = handler(again["check"])(KNOWN_ELLA, KNOWN_T5)
+    report, line = handler(again["check"])(KNOWN_ELLA, KNOWN_T5)
     assert report.startswith("**ELLA model check: all good**")
     assert "ELLA sha256" in report and "matches the hub" in report
 
@@ -106,18 +107,17 @@ def test_accordion_says_what_is_missing_and_downloads_it_with_progress(empty_web
 def test_a_failed_download_says_why_and_keeps_the_button(empty_webui, hub):
     hub.fail[ELLA_FILE] = 500
     ui = build_ui(empty_webui)
-    *_, (line, button, _model, _t5) = handler(ui["download"])()
+    *_, (line, _model, _t5) = handler(ui["download"])()
     assert "Download failed:" in line and "HTTP 500" in line and "try again" in line
-    assert button == {"__type__": "update", "visible": True}
     assert not (empty_webui.models_dir / "ELLA" / ELLA_FILE).exists()
     del hub.fail[ELLA_FILE]
-    *_, (line, button, model, _t5) = handler(ui["download"])()  # the retry completes
+    *_, (line, model, _t5) = handler(ui["download"])()  # the retry completes
     assert "ELLA is ready" in line and model["value"] == KNOWN_ELLA
 
 
 def test_check_names_the_fix_for_what_is_missing(empty_webui):
     ui = build_ui(empty_webui)
-    report, _line, button = handler(ui["check"])("", "")
+    report, _line = handler(ui["check"])("", "")
     assert "**ELLA model check: 2 problems**" in report
     assert "Press Download in the ELLA accordion to fetch" in report
 
@@ -325,15 +325,15 @@ def test_check_finds_a_damaged_file_and_download_replaces_it(empty_webui, hub, r
     data[-1] ^= 0xFF  # same size, one flipped byte: only the sha256 tells
     installed.write_bytes(bytes(data))
 
-    report, line, button = handler(ui["check"])(KNOWN_ELLA, KNOWN_T5)
+    report, line = handler(ui["check"])(KNOWN_ELLA, KNOWN_T5)
     assert "**ELLA model check: 1 problem**" in report and "does not match the hub" in report
-    assert "Press Download to replace" in line and button == {"__type__": "update", "visible": True}
+    assert "Press Download to replace" in line
     assert empty_webui.extension.models.to_download() == ["ella"]
 
-    *_, (line, button, model, _t5) = handler(ui["download"])()
+    *_, (line, model, _t5) = handler(ui["download"])()
     assert installed.read_bytes() == released[ELLA_FILE]
-    assert "ELLA is ready" in line and button == {"__type__": "update", "visible": False}
-    report, line, button = handler(ui["check"])(KNOWN_ELLA, KNOWN_T5)
+    assert "ELLA is ready" in line
+    report, line = handler(ui["check"])(KNOWN_ELLA, KNOWN_T5)
     assert "all good" in report and line.startswith('<div class="ella-models-status ella-done"')
 
 

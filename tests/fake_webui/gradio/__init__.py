@@ -9,6 +9,10 @@ class Block:
         created.append(self)
         self.kwargs = kwargs
         self.value = kwargs.get("value", args[0] if args else None)
+        self.load_fn = None
+        if callable(self.value):  # as gradio does: evaluated now, and again at every page load
+            self.load_fn = self.value
+            self.value = self.value()
         self.label = kwargs.get("label")
         self.choices = kwargs.get("choices")
         self.elem_id = kwargs.get("elem_id")
