@@ -120,3 +120,17 @@ def test_bad_requests_fail_loudly(args, message):
     assert message in json.dumps(body)
     status, ok = txt2img(alwayson_scripts=ella())  # and the next job works
     assert status == 200
+
+
+def test_models_route_lists_and_checks_the_installed_files():
+    status, models = call("/ella/v1/models")
+    assert status == 200, models
+    assert MODEL in models["models"] and T5 in models["t5"] and models["missing"] == []
+    status, checked = call(f"/ella/v1/models?check=true&model={MODEL}&t5={T5}")
+    assert status == 200
+    items = {item["name"]: item for item in checked["check"]["items"]}
+    assert items["ELLA model"]["ok"] and items["ELLA weights"]["ok"] and items["T5 tokenizer"]["ok"]
+    assert items["ELLA sha256"]["skipped"]  # not a released file name: shown, not compared
+    if not models["downloads_allowed"]:  # a WebUI started offline refuses, naming why
+        status, refused = call("/ella/v1/download", {"kinds": ["ella"]})
+        assert status == 409 and models["offline_reason"] in refused["detail"]
