@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 from urllib.parse import quote, urlsplit
 
 from .discovery import ELLA_SUFFIX, KNOWN_ELLA, KNOWN_T5
-from .errors import ArgumentError, ELLAError, ModelFileError, TextEncoderError
+from .errors import ArgumentError, ELLAError, ModelFileError, TextEncoderError, exception_summary
 from .safetensors_file import read_header
 from .t5 import inspect_t5_folder
 
@@ -192,11 +192,6 @@ def remote_files(kind: str, endpoint: Optional[str] = None, *, timeout: Optional
     return files
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else ""
-
-
 _OS_ERROR = re.compile(r"\[Errno -?\d+\] ([^'\"()\[\]\\]+)")
 
 
@@ -208,7 +203,7 @@ def _connection_problem(exc: BaseException) -> str:
         return found.group(1).strip().rstrip(".").lower()  # "connection refused", "name or service not known"
     if isinstance(exc, TimeoutError) or "timed out" in text.lower() or "timeout" in type(exc).__name__.lower():
         return "the connection timed out"
-    return f"{type(exc).__name__}: {_first_line(exc)}"
+    return exception_summary(exc)
 
 
 @contextmanager
@@ -237,19 +232,24 @@ def file_key(path: str | os.PathLike) -> tuple[str, int, int]:
     return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
 
 
+def _hash_file(path: str | os.PathLike, hasher):
+    """Feed a file to `hasher` in 1 MiB chunks; returns the hasher."""
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher
+
+
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, read in 1 MiB chunks; cached by (path, size, mtime) so a second call is instant."""
+    """sha256 of a file; cached by (path, size, mtime) so a second call is instant."""
     key = file_key(Path(path))
     with _sha256_lock:
         if key in _sha256_cache:
             return _sha256_cache[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    digest = _hash_file(path, hashlib.sha256()).hexdigest()
     with _sha256_lock:
-        _sha256_cache[key] = h.hexdigest()
-    return h.hexdigest()
+        _sha256_cache[key] = digest
+    return digest
 
 
 def sha256_known(path: str | os.PathLike) -> bool:
@@ -274,11 +274,7 @@ def file_matches(path: Path, remote: RemoteFile) -> bool:
             return False
         if remote.sha256:
             return file_sha256(path) == remote.sha256
-        h = remote.hasher()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest() == remote.blob_id
+        return _hash_file(path, remote.hasher()).hexdigest() == remote.blob_id
     except OSError:
         return False
 
@@ -406,7 +402,7 @@ class DownloadManager:
         kinds = list(dict.fromkeys(kinds))
         bad = [k for k in kinds if k not in KINDS]
         if not kinds or bad:
-            raise ArgumentError(f"Download kinds must be some of {', '.join(KINDS)}; got {list(kinds)!r}.")
+            raise ArgumentError(f"'kinds' must list some of {', '.join(KINDS)}; got {kinds!r}.")
         missing = [k for k in kinds if not targets.get(k)]
         if missing:
             raise ArgumentError(f"No target folder given for {', '.join(missing)}.")
@@ -455,6 +451,14 @@ class DownloadManager:
         self._finished.wait(timeout)
         return self.status()
 
+    def follow(self, poll: float = 0.5) -> Iterator[dict]:
+        """The status every `poll` seconds while a download runs, ending with its final status."""
+        while True:
+            status = self.wait(poll)
+            yield status
+            if status["state"] != "running":
+                return
+
     def cancel(self) -> dict:
         """Stop the running download; what was fetched stays staged and the next start resumes it."""
         self._cancel.set()
@@ -497,7 +501,7 @@ class DownloadManager:
         except Exception as exc:  # a bug or an unexpected library error: still end in a state the UI can show
             log.exception("ELLA: download failed")
             state = "error"
-            error = f"The download failed unexpectedly ({type(exc).__name__}: {_first_line(exc)}). Try again, or {BY_HAND}."
+            error = f"The download failed unexpectedly ({exception_summary(exc)}). Try again, or {BY_HAND}."
         with self._lock:
             paths = ", ".join(f"'{p}'" for p in self._st.paths.values())
             self._end_locked(state, error=error, message=f"Downloaded and verified: {paths}.")
@@ -593,11 +597,7 @@ class DownloadManager:
         if have > remote.size:  # not ours: start over
             part.unlink()
             have = 0
-        hasher = remote.hasher()
-        if have:
-            with open(part, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    hasher.update(block)
+        hasher = _hash_file(part, remote.hasher()) if have else remote.hasher()
         self._update(phase="downloading", bytes_current=have)
         if have < remote.size:
             hub = _hub()
@@ -743,12 +743,10 @@ def hub_download(kind: str, target_dir: str | os.PathLike, *, endpoint: Optional
     manager = manager or MANAGER
 
     def follow() -> dict:
-        while True:
-            st = manager.wait(poll)
-            if st["state"] != "running":
-                return st
-            if on_status is not None:
+        for st in manager.follow(poll):
+            if st["state"] == "running" and on_status is not None:
                 on_status(st)
+        return st
 
     while True:
         st = manager.start([kind], {kind: target_dir}, endpoint=endpoint)

@@ -10,6 +10,12 @@ with a stack trace.
 from __future__ import annotations
 
 
+def exception_summary(exc: BaseException, limit: int = 300) -> str:
+    """'Type: first line of the message' (the line cut at `limit`), for messages that quote a library's failure."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:limit] if lines else ''}"
+
+
 class ELLAError(Exception):
     """A user-facing ELLA failure. The message says what is wrong and what to do."""
 

@@ -14,7 +14,8 @@ from typing import Optional
 
 from .discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, resolve_ella_model, resolve_t5_encoder, strip_hash
 from .downloads import (
-    ELLA_FILE, REPO, RemoteFile, file_matches, file_sha256, hub_endpoint, human_size, offline_reason, remote_files,
+    ELLA_FILE, REPO, RemoteFile, file_key, file_matches, file_sha256, hub_endpoint, human_size, offline_reason,
+    remote_files,
 )
 from .errors import ELLAError, TextEncoderError
 from .safetensors_file import read_header
@@ -30,6 +31,7 @@ class CheckItem:
     detail: str
     fix: str = ""
     skipped: bool = False  # not checked (offline, not a released file): neither a pass nor a failure
+    repair: str = ""  # the download kind ("ella", "t5") whose Download fixes this failure, if one does
 
 
 @dataclass
@@ -99,10 +101,10 @@ def _check_ella(name: str, roots: ModelRoots, hub: _Hub) -> list[CheckItem]:
             fix = _download_fix(ELLA_FILE, roots.ella[0])
         else:
             fix = f"put '{name}.safetensors' into '{roots.ella[0]}' or choose another model."
-        return [CheckItem("ELLA model", False, str(exc), fix[0].upper() + fix[1:])]
+        return [CheckItem("ELLA model", False, str(exc), fix[0].upper() + fix[1:], repair="ella" if released else "")]
     size = path.stat().st_size
     items = [CheckItem("ELLA model", True, f"found '{path}' ({human_size(size)})")]
-    key = (str(path.resolve()), size, path.stat().st_mtime_ns)
+    key = file_key(path)
     if key not in _loaded:
         _loaded[key] = _check_ella_weights(path, released)
     items.append(_loaded[key])
@@ -123,7 +125,7 @@ def _check_ella_weights(path: Path, released: bool) -> CheckItem:
             fix = f"Download the file again: {_download_fix(ELLA_FILE, path.parent)}"
         else:
             fix = "Replace the file with a complete ELLA TSC .safetensors."
-        return CheckItem("ELLA weights", False, str(exc), fix)
+        return CheckItem("ELLA weights", False, str(exc), fix, repair="ella" if released else "")
     return CheckItem("ELLA weights", True, f"a TSC with {cfg.layers} blocks, width {cfg.width}, "
                                            f"{cfg.num_parameters / 1e6:.1f}M parameters, {'/'.join(dtypes)}; loads")
 
@@ -147,7 +149,7 @@ def _compare(label: str, path: Path, kind: str, repo_path: Optional[str], hub: _
     else:
         why = f"the hub publishes {remote.expected}"
     return CheckItem(label, False, f"{sha}; does not match the hub ({why}). The file is corrupt.",
-                     f"Press Download to replace '{path}' (or delete it and download it again by hand).")
+                     f"Press Download to replace '{path}' (or delete it and download it again by hand).", repair=kind)
 
 
 def _check_t5(name: str, roots: ModelRoots, hub: _Hub) -> list[CheckItem]:
@@ -159,7 +161,7 @@ def _check_t5(name: str, roots: ModelRoots, hub: _Hub) -> list[CheckItem]:
             fix = _download_fix(f"the folder {KNOWN_T5}", roots.t5[0])
         else:
             fix = f"put the folder '{name}' into '{roots.t5[0]}' or choose another T5 encoder."
-        return [CheckItem("T5 encoder", False, str(exc), fix[0].upper() + fix[1:])]
+        return [CheckItem("T5 encoder", False, str(exc), fix[0].upper() + fix[1:], repair="t5" if released else "")]
     files = sorted(p for p in path.iterdir() if p.is_file())
     size = human_size(sum(p.stat().st_size for p in files))
     items = [CheckItem("T5 encoder", True, f"found '{path}' ({len(files)} files, {size})")]
@@ -180,12 +182,13 @@ def _check_t5(name: str, roots: ModelRoots, hub: _Hub) -> list[CheckItem]:
         detail = f"{folder.layout}, d_model {cfg.get('d_model')}, {cfg.get('num_layers')} layers; weights{index}: {', '.join(weights)}"
         items.append(CheckItem("T5 layout", True, detail))
     except ELLAError as exc:
-        items.append(CheckItem("T5 layout", False, str(exc), fix))
+        items.append(CheckItem("T5 layout", False, str(exc), fix, repair="t5"))
     tokenizers = [n for n in TOKENIZER_FILES if (path / n).is_file()]
     if tokenizers:
         items.append(CheckItem("T5 tokenizer", True, f"{' and '.join(tokenizers)} present"))
     else:
-        items.append(CheckItem("T5 tokenizer", False, "neither tokenizer.json nor spiece.model is in the folder", fix))
+        items.append(CheckItem("T5 tokenizer", False, "neither tokenizer.json nor spiece.model is in the folder", fix,
+                               repair="t5"))
     items.append(_compare_folder(path, weight_files, released, hub))
     return items
 
@@ -207,5 +210,5 @@ def _compare_folder(path: Path, weight_files: list[Path], released: bool, hub: _
             bad.append(f"{local.name} differs from the hub's (corrupt or incomplete)")
     if bad:
         return CheckItem("T5 checksums", False, f"{'; '.join(bad)}. {shas}",
-                         f"Press Download to fetch the missing or broken files into '{path}'.")
+                         f"Press Download to fetch the missing or broken files into '{path}'.", repair="t5")
     return CheckItem("T5 checksums", True, f"all {len(listed)} files match the hub ({REPO}); {shas}")

@@ -16,7 +16,6 @@ from typing import Callable, Iterator, Optional, Sequence
 
 from .discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, list_ella_models, list_t5_encoders
 from .downloads import ELLA_FILE, KINDS, MANAGER, REPO, DownloadManager, offline_message, offline_reason
-from .errors import ArgumentError
 from .model_check import CheckReport, check_models
 
 WHAT = {"ella": f"the ELLA model ({ELLA_FILE})", "t5": f"the T5 encoder ({KNOWN_T5})"}
@@ -46,10 +45,10 @@ class ModelSetup:
         installed = installed or self.installed()
         return [kind for kind, key in (("ella", "models"), ("t5", "t5")) if not installed[key]]
 
-    def to_download(self) -> list[str]:
+    def to_download(self, installed: Optional[dict] = None) -> list[str]:
         """What the Download button fetches: the missing kinds, and those the last Check found damaged (the
         download replaces a file that does not match the hub)."""
-        missing, repair = self.missing(), self._repairs()
+        missing, repair = self.missing(installed), self._repairs()
         return [kind for kind in KINDS if kind in missing or kind in repair]
 
     def _repairs(self) -> set[str]:
@@ -73,11 +72,7 @@ class ModelSetup:
             if not kinds:
                 return dict(self.manager.status(), started=False,
                             notice="The ELLA model and the T5 encoder are installed; nothing to download.")
-        kinds = list(kinds)
-        bad = [k for k in kinds if k not in KINDS]
-        if not kinds or bad:
-            raise ArgumentError(f"'kinds' must list some of {', '.join(KINDS)}; got {kinds!r}.")
-        return self.manager.start(kinds, self.targets(), endpoint=self.endpoint)
+        return self.manager.start(list(kinds), self.targets(), endpoint=self.endpoint)
 
     def download_status(self) -> dict:
         return self.manager.status()
@@ -92,13 +87,8 @@ class ModelSetup:
         """Start (or join) a download and yield its status every `poll` seconds, ending with the final one."""
         status = self.start_download(kinds)
         yield status
-        if status["state"] != "running":
-            return
-        while True:
-            status = self.manager.wait(poll)
-            yield status
-            if status["state"] != "running":
-                return
+        if status["state"] == "running":
+            yield from self.manager.follow(poll)
 
     # --- the check ------------------------------------------------------------------------------
 
@@ -111,7 +101,7 @@ class ModelSetup:
             model = model or (installed["models"][0] if installed["models"] else "")
             t5 = t5 or (installed["t5"][0] if installed["t5"] else "")
         report = check_models(model, t5, self.roots(), endpoint=self.endpoint, timeout=timeout)
-        self._repair = {_kind(item.name) for item in report.items if not item.ok and "press download" in item.fix.lower()}
+        self._repair = {item.repair for item in report.items if not item.ok and item.repair}
         self._repair_found_at = time.time()
         return report
 
@@ -126,7 +116,7 @@ class ModelSetup:
             "models": installed["models"],
             "t5": installed["t5"],
             "missing": self.missing(installed),
-            "to_download": self.to_download(),
+            "to_download": self.to_download(installed),
             "folders": {"ella": [str(p) for p in roots.ella], "t5": [str(p) for p in roots.t5]},
             "download_targets": {k: str(v) for k, v in targets.items()},
             "released": {"ella": KNOWN_ELLA, "t5": KNOWN_T5, "repo": REPO},
@@ -141,12 +131,11 @@ class ModelSetup:
         """One line for the accordion: the download's progress while one runs, else what is missing and the
         fix, else the outcome of a download that just ended, else nothing (everything installed)."""
         status = status if status is not None else self.download_status()
-        installed = installed or self.installed()
-        missing = self.missing(installed)
-        if status["state"] == "running":
+        if status["state"] == "running":  # every 0.5 s while the Download button follows it: no disk scan
             return _progress_html(status)
         if status.get("notice"):  # a click that started nothing: say why
             return _line(status["notice"], "done")
+        missing = self.missing(installed)
         repair = self._repairs()
         if not missing and repair:
             names = " and ".join(WHAT[k] for k in KINDS if k in repair)
@@ -164,17 +153,12 @@ class ModelSetup:
                          f"from {REPO} on the Hugging Face hub, or put {'them' if len(missing) > 1 else 'it'} "
                          f"there by hand ({README_MODELS}).", "missing")
         if status["state"] == "done" and status.get("finished_at") and time.time() - status["finished_at"] < 3600:
-            where = ", ".join(f"'{p}'" for p in status["paths"].values())
-            return _line(f"Downloaded and verified: {where}. ELLA is ready.", "done")
+            return _line(f"{status['message']} ELLA is ready.", "done")  # the manager's "Downloaded and verified: ..."
         return ""
 
 
-def _kind(check_item_name: str) -> str:
-    return "t5" if check_item_name.startswith("T5") else "ella"
-
-
 def _line(text: str, kind: str) -> str:
-    color = {"error": "var(--error-text-color, #c00)", "done": "var(--body-text-color)"}.get(kind, "var(--body-text-color)")
+    color = "var(--error-text-color, #c00)" if kind == "error" else "var(--body-text-color)"
     return f'<div class="ella-models-status ella-{kind}" style="color: {color}">{html.escape(text)}</div>'
 
 

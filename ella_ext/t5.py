@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .errors import DeviceError, TextEncoderError
+from .errors import DeviceError, TextEncoderError, exception_summary
 from .safetensors_file import PICKLE_SUFFIXES, SafetensorsHeader, load_tensors, read_header
 
 log = logging.getLogger("ella")
@@ -308,19 +308,19 @@ def _load_tokenizer(folder: Path) -> tuple[object, Optional[str]]:
         try:
             return fast.from_pretrained(str(folder), local_files_only=True), None
         except Exception as exc:  # transformers raises many types here; report them all
-            errors.append(f"tokenizer.json: {type(exc).__name__}: {_first_line(exc)}")
+            errors.append(f"tokenizer.json: {exception_summary(exc, 200)}")
         if (folder / "tokenizer.json").is_file():
             for name, build in (("tokenizer.json in the older format", _fast_from_older_json), ("spiece.model", _fast_from_spiece)):
                 try:
                     return build(fast, folder), None
                 except Exception as exc:
-                    errors.append(f"{name}: {type(exc).__name__}: {_first_line(exc)}")
+                    errors.append(f"{name}: {exception_summary(exc, 200)}")
     slow = getattr(transformers, "T5Tokenizer", None)
     if slow is not None:
         try:
             tokenizer = slow.from_pretrained(str(folder), local_files_only=True, legacy=True)
         except Exception as exc:
-            errors.append(f"T5Tokenizer: {type(exc).__name__}: {_first_line(exc)}")
+            errors.append(f"T5Tokenizer: {exception_summary(exc, 200)}")
         else:
             note = (
                 f"the T5 folder '{folder.name}' has no tokenizer that this WebUI's tokenizers library can read as a "
@@ -381,11 +381,6 @@ def _fast_from_spiece(fast_class, folder: Path):
     tokenizer = _fast_from_files(fast_class, folder, SPIECE_COMPANIONS)
     log.info("ELLA: %s/tokenizer.json is not readable by this tokenizers version; built the tokenizer from spiece.model", folder)
     return tokenizer
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""
 
 
 def _tensor_sources(folder: T5Folder) -> dict[str, tuple[SafetensorsHeader, str]]:

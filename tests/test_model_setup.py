@@ -345,6 +345,7 @@ def test_api_check_lists_a_damaged_file_to_download(empty_webui, hub, released):
         t5_weights.write_bytes(t5_weights.read_bytes()[:-10])  # truncated
         status, models = call(base, "GET", "/ella/v1/models?check=true")
         assert status == 200 and models["check"]["ok"] is False and models["to_download"] == ["t5"]
+        assert {item["repair"] for item in models["check"]["items"] if not item["ok"]} == {"t5"}
         status, started = call(base, "POST", "/ella/v1/download")
         assert status == 202 and started["kinds"] == ["t5"]
         assert call(base, "GET", "/ella/v1/download?wait=30")[1]["state"] == "done"
