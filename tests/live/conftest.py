@@ -5,6 +5,10 @@
 
 The suite writes tiny ELLA/T5 models into <models>/ELLA (names ella-live-tiny, t5/flan-live-tiny),
 so the WebUI needs any SD1.5 checkpoint loaded (random weights are fine) and nothing else.
+
+ControlNet names differ per WebUI: sd-webui-controlnet takes module "none" and the model's file name
+(the defaults); Forge's built-in ControlNet wants ELLA_LIVE_CONTROLNET_MODULE=None and the model as
+/controlnet/model_list shows it, e.g. ELLA_LIVE_CONTROLNET_MODEL="control_v11p_sd15_canny_random [ff413a15]".
 """
 import pytest
 
