@@ -242,7 +242,7 @@ def bench_tsc(table, device, dtype, results):
 def bench_prompting(table, device, dtype, results):
     """Per-step cost of ELLA per region (Regional Prompter Attention) and of prompt travel (AnimateDiff),
     against plain ELLA on the same job, measured side by side."""
-    from ella_ext.compat import RegionLayout
+    from ella_ext.plan import RegionLayout
 
     tsc = random_tsc(device, dtype)
     features = FixedFeatures(device=device, dtype=dtype)
@@ -253,7 +253,9 @@ def bench_prompting(table, device, dtype, results):
     def job(prompts, negatives, layout=None, transform=None):
         plan_job = JobPlan(ELLAArgs(enabled=True, model="m", t5="t"), tsc, features, BuiltinPromptSyntax(),
                            output_cache_bytes=256 * 2**20)
-        plan_job.regions, plan_job.cond_transform = layout, transform
+        plan_job.shape.regions = layout
+        if transform is not None:
+            plan_job.shape.cond_transforms.append(transform)
         return plan_job, plan_job.prepare(PassSpec(tuple(prompts), tuple(negatives), steps))
 
     def blend(cond):  # two keyframes, linear weights per frame (AnimateDiff's travel, on ELLA's rows)
@@ -358,7 +360,7 @@ sys.path[:0] = [sys.argv[2], sys.argv[2] + "/tests", sys.argv[2] + "/bench"]
 import torch, transformers, safetensors  # what the WebUI has loaded already
 from run import proc_status_mb
 from ella_ext.t5 import load_t5_encoder, Tokens
-from ella_ext.feature_cache import FeatureCache
+from ella_ext.lru_cache import LRUCache
 from ella_ext.prompt_encoding import PromptEncoder
 from ella_ext.prompt_syntax import BuiltinPromptSyntax
 torch.set_num_threads(int(sys.argv[5]))
@@ -376,7 +378,7 @@ for n in lengths:
     tok = Tokens(ids=ids, attention_mask=(1,) * n, offsets=None)
     t0 = time.perf_counter(); out = enc.encode(tok); times.append(time.perf_counter() - t0)
     assert torch.isfinite(out).all()
-pe = PromptEncoder(lambda: enc, "bench", FeatureCache(), BuiltinPromptSyntax(), fixed_length=None, truncate_at=128, emphasis="original")
+pe = PromptEncoder(lambda: enc, "bench", LRUCache(), BuiltinPromptSyntax(), fixed_length=None, truncate_at=128, emphasis="original")
 text = sys.argv[6]
 t0 = time.perf_counter(); pe.encode(text); miss = time.perf_counter() - t0
 n = 2000

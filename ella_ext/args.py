@@ -1,54 +1,59 @@
-"""The user's ELLA arguments: one typed object for the UI, the API and the infotext.
+"""The user's ELLA arguments: one typed object for the UI, the API, the infotext and the XYZ plot.
 
-The WebUI hands a script its UI values as a positional tuple (in `FIELDS` order). API clients
-send the same list, or a single dict ``{"enabled": true, "model": ..., ...}``. Generated images
-record the arguments in their infotext, and pasting the infotext restores them. All three go
-through `ELLAArgs`, which validates in one place and raises `ArgumentError` (HTTP 422) naming the
-field and the accepted values.
+Each field of `ELLAArgs` carries its row of the schema (`schema.Arg`); field order is the UI's component
+order and the API's positional order. The WebUI hands a script its UI values as a positional tuple; API
+clients send the same list, or a single dict ``{"enabled": true, "model": ..., ...}``; generated images
+record the arguments in their infotext, and pasting the infotext restores them. All of them go through
+`ELLAArgs`, which validates in one place and raises `ArgumentError` (HTTP 422) naming the field and the
+accepted values.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .discovery import check_name, strip_hash
 from .errors import ArgumentError, ModelPathError
 from .prompt_syntax import AND_SEPARATOR, EXTRA_NETWORK
+from .schema import Arg, Choice, arg, rows, shown
 
-# canonical value -> label shown in the UI and written to the infotext
-LENGTH_MODES = {"flexible": "Flexible", "fixed": "Fixed 128"}
-CONDITIONING_MODES = {"ella": "ELLA only", "ella+clip": "ELLA + CLIP"}
-NEGATIVE_MODES = {"ella": "ELLA", "clip": "CLIP"}
-EMPHASIS_MODES = {"original": "Original", "no norm": "No norm", "ignore": "Ignore"}
-LONG_PROMPT_POLICIES = {"truncate": "Truncate to 128", "keep": "Keep"}
+FIXED_LENGTH = 128  # the paper's fixed token length, and ELLA's training length
 
-_CHOICES = {
-    "length": LENGTH_MODES,
-    "mode": CONDITIONING_MODES,
-    "negative": NEGATIVE_MODES,
-    "emphasis": EMPHASIS_MODES,
-    "long_prompts": LONG_PROMPT_POLICIES,
-}
 
-FIXED_LENGTH = 128
+class Length(Choice):
+    FLEXIBLE = ("flexible", "Flexible")
+    FIXED = ("fixed", "Fixed 128")
 
-# infotext keys
-INFO_MODEL = "ELLA"
-INFO_T5 = "ELLA T5"
-INFO_LENGTH = "ELLA length"
-INFO_MODE = "ELLA mode"
-INFO_NEGATIVE = "ELLA negative"
-INFO_STEPS = "ELLA steps"
-INFO_EMPHASIS = "ELLA emphasis"
-INFO_LONG = "ELLA long prompts"
-INFO_TRUNCATED = "ELLA truncated"
-INFO_CLIP_PROMPT = "ELLA CLIP prompt"
-INFO_CLIP_NEGATIVE = "ELLA CLIP negative"
+
+class Conditioning(Choice):
+    ELLA = ("ella", "ELLA only")
+    ELLA_CLIP = ("ella+clip", "ELLA + CLIP")
+
+
+class Negative(Choice):
+    ELLA = ("ella", "ELLA")
+    CLIP = ("clip", "CLIP")
+
+
+class Emphasis(Choice):
+    ORIGINAL = ("original", "Original")
+    NO_NORM = ("no norm", "No norm")
+    IGNORE = ("ignore", "Ignore")
+
+
+class LongPrompts(Choice):
+    TRUNCATE = ("truncate", "Truncate to 128")
+    KEEP = ("keep", "Keep")
+
+
+INFO_MODEL = "ELLA"  # present in every infotext of an ELLA image: it is what turns ELLA on when pasted
 # what ELLA could not do in a job, recorded so the image says so (never read back as an argument)
+INFO_TRUNCATED = "ELLA truncated"
 INFO_EMPHASIS_IGNORED = "ELLA emphasis ignored"
 INFO_ADETAILER = "ELLA ADetailer"
+
+IN_CLIP_MODE = ("mode", Conditioning.ELLA_CLIP)
 
 
 def is_ella_info_key(key: str) -> bool:
@@ -58,27 +63,69 @@ def is_ella_info_key(key: str) -> bool:
 
 @dataclass(frozen=True)
 class ELLAArgs:
-    """ELLA's per-job arguments. Field order is the UI's component order (the API's positional order)."""
+    """ELLA's per-job arguments, one schema row each. Append new fields at the end: API clients send
+    positional lists in this order."""
 
-    enabled: bool = False
-    model: str = ""
-    t5: str = ""
-    length: str = "flexible"
-    mode: str = "ella"
-    negative: str = "ella"
-    start: float = 0.0
-    end: float = 1.0
-    emphasis: str = "original"
-    long_prompts: str = "truncate"
-    # ELLA + CLIP mode: the text CLIP encodes instead of the prompt / negative prompt ("" = the same text)
-    clip_prompt: str = ""
-    clip_negative: str = ""
+    enabled: bool = arg(
+        False, bool, "ELLA", "accordion", xyz="ELLA: on/off",
+        hint="Replace CLIP's text conditioning with ELLA: flan-t5-xl reads the prompt, the timestep-aware "
+             "connector turns it into 64 tokens at every step.")
+    model: str = arg(
+        "", str, "ELLA model", "model", infotext=INFO_MODEL, infotext_default=True,
+        hint="ELLA connector weights (*.safetensors in models/ELLA). Press the refresh button after adding files.")
+    t5: str = arg(
+        "", str, "T5 encoder", "t5", infotext="ELLA T5", infotext_default=True,
+        hint="flan-t5-xl encoder folder (in models/ELLA/t5): config.json, tokenizer and *.safetensors weights.")
+    length: Length = arg(
+        Length.FLEXIBLE, Length, "Token length", "radio", infotext="ELLA length", infotext_default=True,
+        xyz="ELLA: token length",
+        hint="Flexible: the prompt's own length, as the ELLA demo. Fixed 128: padded to 128 tokens, as the "
+             "paper's fixed mode.")
+    mode: Conditioning = arg(
+        Conditioning.ELLA, Conditioning, "Conditioning", "radio", infotext="ELLA mode", infotext_default=True,
+        xyz="ELLA: conditioning",
+        hint="ELLA only is the paper's setting. ELLA + CLIP appends CLIP's tokens, keeping trigger words, "
+             "embeddings and a fine-tune's style.")
+    negative: Negative = arg(
+        Negative.ELLA, Negative, "Negative prompt through", "radio", infotext="ELLA negative", infotext_default=True,
+        hint="Encode the negative prompt with ELLA (default) or leave it to CLIP.")
+    start: float = arg(
+        0.0, float, "ELLA start", "slider", minimum=0.0, maximum=1.0, step=0.01, infotext="ELLA steps",
+        xyz="ELLA: start", hint="Fraction of the sampling steps where ELLA starts; before it, CLIP's conditioning is used.")
+    end: float = arg(
+        1.0, float, "ELLA end", "slider", minimum=0.0, maximum=1.0, step=0.01, infotext="ELLA steps",
+        xyz="ELLA: end", hint="Fraction of the sampling steps where ELLA stops; after it, CLIP's conditioning is used.")
+    emphasis: Emphasis = arg(
+        Emphasis.ORIGINAL, Emphasis, "Prompt emphasis", "radio", infotext="ELLA emphasis",
+        hint="(word:1.3) and [word]: Original scales the word's T5 features and restores the mean, like the WebUI "
+             "does for CLIP; No norm skips the mean; Ignore drops the weights.")
+    long_prompts: LongPrompts = arg(
+        LongPrompts.TRUNCATE, LongPrompts, "Prompts over 128 T5 tokens", "radio", infotext="ELLA long prompts",
+        hint="ELLA was trained on prompts of up to 128 T5 tokens. Truncate cuts longer prompts there (and says so "
+             "in the infotext); Keep passes them whole.")
+    # ELLA + CLIP mode: the text CLIP encodes instead of the prompt / negative prompt ("" = the same text). Like
+    # the WebUI's hires prompt while hires fix is off, they are kept but unused in the other mode.
+    clip_prompt: str = arg(
+        "", str, "CLIP prompt (empty: the prompt)", "textbox", lines=2, infotext="ELLA CLIP prompt",
+        applies_when=IN_CLIP_MODE,
+        placeholder="Trigger words, embeddings, style tags: what CLIP encodes; T5 gets the prompt",
+        hint="ELLA + CLIP mode: the text CLIP encodes instead of the prompt (trigger words, embeddings, style "
+             "tags). T5 reads only the prompt.")
+    clip_negative: str = arg(
+        "", str, "CLIP negative prompt (empty: the negative prompt)", "textbox", lines=2, infotext="ELLA CLIP negative",
+        applies_when=IN_CLIP_MODE, hint="ELLA + CLIP mode: the text CLIP encodes instead of the negative prompt.")
 
-    # --- construction -------------------------------------------------------------------------
+    # --- the schema -----------------------------------------------------------------------------
+
+    @classmethod
+    def rows(cls) -> tuple[Arg, ...]:
+        return ARGS
 
     @classmethod
     def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+        return [row.name for row in ARGS]
+
+    # --- construction -------------------------------------------------------------------------
 
     @classmethod
     def from_script_args(
@@ -93,7 +140,8 @@ class ELLAArgs:
         `enabled` overrides the on/off value (an XYZ axis turning ELLA on for a cell uses the
         accordion's other values even when the accordion itself is off). `installed()` gives the
         first installed {"model", "t5"} names, used where the args leave them empty (the UI was
-        built before any model was installed, or an API call names none)."""
+        built before any model was installed, or an API call names none). None in a positional slot
+        means that argument's default."""
         args = tuple(args)
         if enabled is not None:
             if args and isinstance(args[0], Mapping):
@@ -121,30 +169,27 @@ class ELLAArgs:
                 f"ELLA takes at most {len(names)} positional arguments ({', '.join(names)}), got {len(args)}. "
                 "Or pass one dict with named arguments."
             )
-        values = dict(zip(names, args))
-        if not _as_bool(values.get("enabled", False), "enabled"):
+        values = {k: v for k, v in zip(names, args) if v is not None}
+        if not ROWS["enabled"].parse(values.get("enabled", False)):
             return cls()  # disabled: the other UI values may be anything (e.g. no models installed yet)
         return cls.from_dict(with_installed(values))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ELLAArgs":
-        names = cls.field_names()
-        unknown = [k for k in data if k not in names]
+        unknown = [k for k in data if k not in ROWS]
         if unknown:
             raise ArgumentError(
-                f"Unknown ELLA argument(s) {', '.join(repr(k) for k in unknown)}; accepted: {', '.join(names)}."
+                f"Unknown ELLA argument(s) {', '.join(shown(k) for k in unknown[:5])}; accepted: {', '.join(ROWS)}."
             )
-        values: dict[str, Any] = {}
-        for key, value in data.items():
-            values[key] = _normalise(key, value)
-        args = cls(**values)
+        args = cls(**{key: _parse(key, value) for key, value in data.items()})
         args.validate()
         return args
 
     def validate(self) -> None:
+        """The rules that span fields (each field's own type and range are its row's)."""
         if not (0.0 <= self.start < self.end <= 1.0):
             raise ArgumentError(
-                f"ELLA 'start' ({self.start}) and 'end' ({self.end}) must satisfy 0 <= start < end <= 1 "
+                f"ELLA 'start' ({self.start:g}) and 'end' ({self.end:g}) must satisfy 0 <= start < end <= 1 "
                 "(fractions of the sampling steps)."
             )
         for name, text in zip(("clip_prompt", "clip_negative"), self.clip_texts):
@@ -156,8 +201,8 @@ class ELLAArgs:
             tag = EXTRA_NETWORK.search(text)
             if tag:
                 raise ArgumentError(
-                    f"ELLA '{name}' contains the extra-network tag '{tag.group(0)}'. Put LoRA/hypernetwork tags in the main "
-                    "prompt: the WebUI activates them from there, for CLIP and the U-Net."
+                    f"ELLA '{name}' contains the extra-network tag '{tag.group(0)[:80]}'. Put LoRA/hypernetwork tags in "
+                    "the main prompt: the WebUI activates them from there, for CLIP and the U-Net."
                 )
         if self.enabled:
             for name, what in (("model", "ELLA model"), ("t5", "T5 encoder")):
@@ -170,56 +215,55 @@ class ELLAArgs:
 
     @property
     def fixed_length(self) -> Optional[int]:
-        return FIXED_LENGTH if self.length == "fixed" else None
+        return FIXED_LENGTH if self.length == Length.FIXED else None
 
     @property
     def truncate_at(self) -> Optional[int]:
-        return FIXED_LENGTH if self.long_prompts == "truncate" else None
+        return FIXED_LENGTH if self.long_prompts == LongPrompts.TRUNCATE else None
 
     @property
     def clip_texts(self) -> tuple[str, str]:
-        """(prompt, negative) texts for CLIP that replace the job's own; used in ELLA + CLIP mode only
-        (like the WebUI's hires prompt while hires fix is off, they are kept but unused otherwise)."""
-        if self.mode != "ella+clip":
-            return "", ""
-        return self.clip_prompt, self.clip_negative
+        """(prompt, negative) texts for CLIP that replace the job's own, where they apply (ELLA + CLIP)."""
+        return (
+            self.clip_prompt if self.applies("clip_prompt") else "",
+            self.clip_negative if self.applies("clip_negative") else "",
+        )
+
+    def applies(self, name: str) -> bool:
+        """Whether the argument takes effect with the others as they are (its row's `applies_when`)."""
+        condition = ROWS[name].applies_when
+        return condition is None or getattr(self, condition[0]) == condition[1]
 
     def ui_values(self) -> list[Any]:
-        """Values for the UI components, in FIELDS order (labels for the radio buttons)."""
-        return [_CHOICES[f][getattr(self, f)] if f in _CHOICES else getattr(self, f) for f in self.field_names()]
+        """Values for the UI components, in field order (labels for the radio buttons)."""
+        return [row.ui_value(getattr(self, row.name)) for row in ARGS]
 
     def to_dict(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in self.field_names()}
+        return {row.name: getattr(self, row.name) for row in ARGS}
 
     def with_(self, **changes) -> "ELLAArgs":
-        new = replace(self, **{k: _normalise(k, v) for k, v in changes.items()})
+        new = replace(self, **{k: _parse(k, v) for k, v in changes.items()})
         new.validate()
         return new
 
     # --- infotext -------------------------------------------------------------------------------
 
     def infotext(self, model_hash: Optional[str] = None) -> dict[str, str]:
-        """Generation-parameter entries; defaults of the optional fields are omitted."""
+        """Generation-parameter entries: the rows with an infotext key that apply, defaults omitted unless
+        the row says so; rows sharing a key are written as one 'a-b' entry."""
         if not self.enabled:
             return {}
-        info = {
-            INFO_MODEL: f"{self.model} [{model_hash}]" if model_hash else self.model,
-            INFO_T5: self.t5,
-            INFO_LENGTH: LENGTH_MODES[self.length],
-            INFO_MODE: CONDITIONING_MODES[self.mode],
-            INFO_NEGATIVE: NEGATIVE_MODES[self.negative],
-        }
-        if (self.start, self.end) != (0.0, 1.0):
-            info[INFO_STEPS] = f"{_fmt(self.start)}-{_fmt(self.end)}"
-        if self.emphasis != "original":
-            info[INFO_EMPHASIS] = EMPHASIS_MODES[self.emphasis]
-        if self.long_prompts != "truncate":
-            info[INFO_LONG] = LONG_PROMPT_POLICIES[self.long_prompts]
-        clip_prompt, clip_negative = self.clip_texts
-        if clip_prompt:
-            info[INFO_CLIP_PROMPT] = clip_prompt
-        if clip_negative:
-            info[INFO_CLIP_NEGATIVE] = clip_negative
+        entries: dict[str, list[tuple[Arg, Any]]] = {}
+        for row in ARGS:
+            if row.infotext and self.applies(row.name):
+                entries.setdefault(row.infotext, []).append((row, getattr(self, row.name)))
+        info = {}
+        for key, parts in entries.items():
+            if not any(row.infotext_default or value != row.default for row, value in parts):
+                continue
+            info[key] = "-".join(row.format(value) for row, value in parts)
+        if model_hash:
+            info[INFO_MODEL] = f"{info[INFO_MODEL]} [{model_hash}]"
         return info
 
     @classmethod
@@ -227,63 +271,44 @@ class ELLAArgs:
         """From parsed generation parameters; an infotext without ELLA gives disabled defaults."""
         if INFO_MODEL not in params:
             return cls()
-        data: dict[str, Any] = {"enabled": True, "model": strip_hash(str(params[INFO_MODEL]))}
-        for key, field in ((INFO_T5, "t5"), (INFO_LENGTH, "length"), (INFO_MODE, "mode"),
-                           (INFO_NEGATIVE, "negative"), (INFO_EMPHASIS, "emphasis"), (INFO_LONG, "long_prompts"),
-                           (INFO_CLIP_PROMPT, "clip_prompt"), (INFO_CLIP_NEGATIVE, "clip_negative")):
-            if key in params:
-                data[field] = str(params[key])
-        if INFO_STEPS in params:
-            text = str(params[INFO_STEPS])
+        data: dict[str, Any] = {"enabled": True}
+        for key, parts in _INFOTEXT_KEYS.items():
+            if key not in params:
+                continue
+            text = str(params[key])
+            if len(parts) == 1:
+                data[parts[0].name] = text
+                continue
+            values = text.split("-", len(parts) - 1)
+            example = "-".join(row.format(row.default) for row in parts)
             try:
-                start, end = (float(x) for x in text.split("-", 1))
+                numbers = [float(v) for v in values]
             except ValueError:
-                raise ArgumentError(f"Infotext '{INFO_STEPS}: {text}' is not 'start-end' (e.g. 0-0.8).") from None
-            data.update(start=start, end=end)
+                numbers = []
+            if len(numbers) != len(parts):
+                raise ArgumentError(f"Infotext '{key}: {text[:80]}' is not '{'-'.join(r.name for r in parts)}' "
+                                    f"(e.g. {example}).")
+            data.update({row.name: v for row, v in zip(parts, numbers)})
         return cls.from_dict(data)
 
 
-def _fmt(x: float) -> str:
-    return f"{x:g}"
+ARGS: tuple[Arg, ...] = rows(ELLAArgs)
+ROWS: dict[str, Arg] = {row.name: row for row in ARGS}
+_INFOTEXT_KEYS: dict[str, list[Arg]] = {}
+for _row in ARGS:
+    if _row.infotext:
+        _INFOTEXT_KEYS.setdefault(_row.infotext, []).append(_row)
+del _row
 
 
-def _as_bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ArgumentError(f"ELLA '{name}' must be true or false, got {value!r}.")
-
-
-def _normalise(name: str, value: Any) -> Any:
-    if name == "enabled":
-        return _as_bool(value, name)
-    if name in ("clip_prompt", "clip_negative"):
-        if value is None:
-            return ""
-        if not isinstance(value, str):
-            raise ArgumentError(f"ELLA '{name}' must be a text (string), got {type(value).__name__}.")
-        return value
-    if name in ("model", "t5"):
-        if value is None:
-            return ""
-        if not isinstance(value, str):
-            raise ArgumentError(f"ELLA '{name}' must be a model name (string), got {type(value).__name__}.")
-        return strip_hash(value) if name == "model" else value
-    if name in ("start", "end"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ArgumentError(f"ELLA '{name}' must be a number between 0 and 1, got {value!r}.")
-        value = float(value)
-        if not math.isfinite(value):
-            raise ArgumentError(f"ELLA '{name}' must be a finite number between 0 and 1, got {value!r}.")
-        return value
-    choices = _CHOICES[name]
-    if isinstance(value, str):
-        wanted = value.strip().lower()
-        for canonical, label in choices.items():
-            if wanted in (canonical, label.lower()):
-                return canonical
-    accepted = ", ".join(f"'{c}'" for c in choices) + " (or the labels " + ", ".join(f"'{l}'" for l in choices.values()) + ")"
-    raise ArgumentError(f"ELLA '{name}' must be one of {accepted}, got {value!r}.")
+def _parse(name: str, value: Any) -> Any:
+    row = ROWS[name]
+    value = row.parse(value)
+    if name == "model":
+        value = strip_hash(value)  # the infotext writes 'name [hash]'
+    if row.minimum is not None and row.maximum is not None and not row.minimum <= value <= row.maximum:
+        raise ArgumentError(
+            f"ELLA '{name}' ({value:g}) must be between {row.minimum:g} and {row.maximum:g}; with 'start' and 'end': "
+            "0 <= start < end <= 1 (fractions of the sampling steps)."
+        )
+    return value

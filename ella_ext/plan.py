@@ -15,16 +15,15 @@ uncond rows share that call; a later batch with the same prompts and sampler reu
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import torch
 
-from .args import ELLAArgs
-from .compat import RegionLayout, split_markers, with_markers
+from .args import Conditioning, ELLAArgs, Negative
 from .errors import ConditioningError, ELLAError, IncompatibleExtensionError
+from .lru_cache import LRUCache
 from .prompt_encoding import EncodedPrompt, PromptEncoder
 from .prompt_syntax import BREAK_SEPARATOR, PromptSyntax, Schedule, strip_extra_networks, text_at_step
 from .tsc import TSC, PreparedText
@@ -56,7 +55,6 @@ class PassPlan:
     index: dict[str, int]
     lengths: list[int]
     prepared: PreparedText  # [len(texts), max length, width]
-    encoded: dict[str, EncodedPrompt]
     regions: dict[str, tuple[str, ...]]  # scheduled text -> its region texts (Regional Prompter's Attention mode)
 
     def rows_at(self, step: int, with_uncond: bool) -> list[str]:
@@ -81,6 +79,35 @@ class DenoiserCall:
 
 
 @dataclass
+class CallResult:
+    """ELLA's conditioning for one denoiser call, and which halves it replaced (the others are the call's own)."""
+
+    cond: Any
+    uncond: Any
+    replaced_cond: bool
+    replaced_uncond: bool
+
+
+@dataclass(frozen=True)
+class RegionLayout:
+    """How a regional extension cuts each row's context: units per region, for the cond rows and the uncond
+    rows (Regional Prompter's Attention mode: its CLIP chunk counts)."""
+
+    cond_units: tuple[int, ...]
+    uncond_units: tuple[int, ...]
+
+
+@dataclass
+class PlanShape:
+    """What other extensions' companions ask of the plan for one sampling pass (set before each pass)."""
+
+    # each row is its regions' outputs, unit by unit (Regional Prompter's Attention mode)
+    regions: Optional[RegionLayout] = None
+    # applied to ELLA's cond rows at every call, in order (e.g. AnimateDiff's keyframe blending)
+    cond_transforms: list[Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=list)
+
+
+@dataclass
 class JobStats:
     tsc_calls: int = 0
     tsc_rows: int = 0
@@ -89,38 +116,6 @@ class JobStats:
     truncated_prompts: int = 0
     steps_clip: int = 0
     steps_ella: int = 0
-
-
-class OutputCache:
-    """TSC outputs of one job keyed by (text, t), bounded in bytes (LRU)."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, float], torch.Tensor] = OrderedDict()
-        self._bytes = 0
-
-    def get(self, key):
-        v = self._items.get(key)
-        if v is not None:
-            self._items.move_to_end(key)
-        return v
-
-    def put(self, key, value: torch.Tensor) -> None:
-        size = value.numel() * value.element_size()
-        if key in self._items or size > self.max_bytes:
-            return
-        self._items[key] = value
-        self._bytes += size
-        while self._bytes > self.max_bytes:
-            _, old = self._items.popitem(last=False)
-            self._bytes -= old.numel() * old.element_size()
-
-    def __len__(self):
-        return len(self._items)
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
 
 
 class JobPlan:
@@ -143,11 +138,8 @@ class JobPlan:
         self.interrupted = interrupted
         self.after_encode = after_encode
         self.activity = activity  # says what ELLA is doing (the WebUI's progress text)
-        self.outputs = OutputCache(output_cache_bytes)
-        # applied to ELLA's cond rows at every call, e.g. AnimateDiff's keyframe blending (prompt travel)
-        self.cond_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-        # Regional Prompter's Attention mode: each row is its regions' outputs, unit by unit
-        self.regions: Optional[RegionLayout] = None
+        self.outputs = LRUCache(max_entries=None, max_bytes=output_cache_bytes)  # TSC outputs by (text, t)
+        self.shape = PlanShape()
         self.stats = JobStats()
         self._passes: dict[PassSpec, PassPlan] = {}
         self._encoded: dict[str, EncodedPrompt] = {}
@@ -172,7 +164,7 @@ class JobPlan:
         negatives = [strip_extra_networks(n) for n in spec.negative_prompts]
         schedules = self.syntax.schedules(sub_prompts + negatives, spec.steps, spec.hires_steps, spec.use_old_scheduling)
         cond_rows, uncond_rows = schedules[: len(sub_prompts)], schedules[len(sub_prompts):]
-        if self.args.negative == "clip":
+        if self.args.negative == Negative.CLIP:
             uncond_rows = []
         regions = {}
         for rows, units in ((cond_rows, self._units(True)), (uncond_rows, self._units(False))):
@@ -193,8 +185,7 @@ class JobPlan:
                 self.stats.truncated_prompts += int(enc.truncated)
         finally:
             self.after_encode()
-        encoded = {t: self._encoded[t] for t in texts}
-        prepared, lengths = self._prepare_text(texts, encoded)
+        prepared, lengths = self._prepare_text(texts)
         plan = PassPlan(
             spec=spec,
             cond_rows=cond_rows,
@@ -204,16 +195,16 @@ class JobPlan:
             index={t: i for i, t in enumerate(texts)},
             lengths=lengths,
             prepared=prepared,
-            encoded=encoded,
             regions=regions,
         )
         self._passes[spec] = plan
         return plan
 
     def _units(self, cond: bool) -> Optional[tuple[int, ...]]:
-        if self.regions is None:
+        regions = self.shape.regions
+        if regions is None:
             return None
-        return self.regions.cond_units if cond else self.regions.uncond_units
+        return regions.cond_units if cond else regions.uncond_units
 
     @staticmethod
     def _split_regions(text: str, units: Optional[tuple[int, ...]], pass_name: str) -> tuple[str, ...]:
@@ -228,8 +219,8 @@ class JobPlan:
             )
         return parts
 
-    def _prepare_text(self, texts: Sequence[str], encoded: dict[str, EncodedPrompt]) -> tuple[PreparedText, list[int]]:
-        feats = [encoded[t].features for t in texts]
+    def _prepare_text(self, texts: Sequence[str]) -> tuple[PreparedText, list[int]]:
+        feats = [self._encoded[t].features for t in texts]
         lengths = [f.shape[0] for f in feats]
         width = feats[0].shape[-1]
         longest = max(lengths)
@@ -297,15 +288,15 @@ class JobPlan:
             f"ELLA got {t.numel()} timesteps for {n_cond} cond rows and {batch} images; the sampler's batch layout is unknown."
         )
 
-    def apply(self, plan: PassPlan, call: DenoiserCall) -> tuple[Any, Any]:
-        """New (text_cond, text_uncond) for one denoiser call; unchanged outside the step range.
+    def apply(self, plan: PassPlan, call: DenoiserCall) -> CallResult:
+        """ELLA's conditioning for one denoiser call; the call's own outside the step range.
 
-        Marker tokens that another extension put in front of the conditioning (sd-webui-controlnet's
-        cond/uncond marker) stay in front of ELLA's tokens, in every mode.
+        Structure other extensions put on the conditioning (e.g. sd-webui-controlnet's marker tokens) is
+        taken off before and put back after by their companions (`ella_ext.companions`).
         """
         if not self.in_step_range(call.step, call.total_steps):
             self.stats.steps_clip += 1
-            return call.text_cond, call.text_uncond
+            return CallResult(call.text_cond, call.text_uncond, False, False)
         cond = call.text_cond
         width = self.tsc.config.width
         if not isinstance(cond, torch.Tensor) or cond.ndim != 3 or cond.shape[-1] != width:
@@ -319,19 +310,15 @@ class JobPlan:
                 f"ELLA expected {len(plan.cond_rows)} cond rows (prompts x AND sub-prompts) but the sampler has "
                 f"{cond.shape[0]}; another extension may have changed the prompts or batch."
             )
-        use_uncond = self.args.negative == "ella" and call.text_uncond is not None
+        use_uncond = self.args.negative == Negative.ELLA and call.text_uncond is not None
         uncond = call.text_uncond
         if use_uncond and (not isinstance(uncond, torch.Tensor) or uncond.shape[0] != len(plan.uncond_rows)):
             raise ConditioningError(
                 f"ELLA expected {len(plan.uncond_rows)} negative rows, the sampler has "
                 f"{getattr(uncond, 'shape', type(uncond).__name__)}."
             )
-        cond_markers, cond = split_markers(cond)
-        uncond_markers = None
-        clip_mode = self.args.mode == "ella+clip"
+        clip_mode = self.args.mode == Conditioning.ELLA_CLIP
         replace_uncond = use_uncond or (clip_mode and call.clip_uncond is not None and isinstance(uncond, torch.Tensor))
-        if replace_uncond:
-            uncond_markers, uncond = split_markers(uncond)
         if clip_mode:
             cond, uncond = self._clip_part(plan, call, cond, uncond)
         t_cond, t_uncond = self.row_timesteps(plan, call.timesteps, use_uncond)
@@ -339,24 +326,21 @@ class JobPlan:
         t = torch.cat([t_cond, t_uncond]) if use_uncond else t_cond
         new_cond, ella_uncond = self._ella_rows(plan, texts, t)
         new_cond = new_cond.to(device=cond.device, dtype=cond.dtype)
-        if self.cond_transform is not None:
-            new_cond = self.cond_transform(new_cond)
+        for transform in self.shape.cond_transforms:
+            new_cond = transform(new_cond)
         new_uncond = ella_uncond.to(device=cond.device, dtype=cond.dtype) if use_uncond else uncond
         if clip_mode:
             new_cond = torch.cat([new_cond, cond], dim=1)
             if use_uncond:
                 new_uncond = torch.cat([new_uncond, uncond.to(device=cond.device, dtype=cond.dtype)], dim=1)
-        new_cond = with_markers(cond_markers, new_cond)
-        if replace_uncond:
-            new_uncond = with_markers(uncond_markers, new_uncond)
         self.stats.steps_ella += 1
-        return new_cond, new_uncond
+        return CallResult(new_cond, new_uncond if replace_uncond else call.text_uncond, True, replace_uncond)
 
     def _ella_rows(self, plan: PassPlan, texts: Sequence[str], t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ELLA's (cond rows, uncond rows) for rows (text, t): one TSC output per row, or in Regional
         Prompter's Attention mode each region's output repeated over the region's units."""
         n = len(plan.cond_rows)
-        if self.regions is None:
+        if self.shape.regions is None:
             out = self.embeddings(plan, texts, t)
             return out[:n], out[n:]
         parts = [plan.regions[text] for text in texts]

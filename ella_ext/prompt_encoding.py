@@ -23,7 +23,8 @@ from typing import Callable, Optional
 import torch
 
 from .prompt_syntax import BREAK_MARK, PromptSyntax
-from .t5 import T5TextEncoder, Tokens, warn_once
+from .logs import warn_once
+from .t5 import T5TextEncoder, Tokens
 
 # T5 features are close to zero-mean (CLIP's are not), so the WebUI's mean-restoring factor
 # before/after can explode or flip sign. It is applied only when it is a sane rescale; otherwise

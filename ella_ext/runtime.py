@@ -23,15 +23,14 @@ from .args import ELLAArgs
 from .discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, resolve_ella_model, resolve_t5_encoder
 from .downloads import file_key, file_sha256, human_size, sha256_known
 from .errors import ELLAError, ModelPathError
-from .feature_cache import FeatureCache
+from .lru_cache import LRUCache
 from .prompt_encoding import PromptEncoder
 from .prompt_syntax import PromptSyntax
+from .settings import Residency, Settings
 from .t5 import T5TextEncoder, load_t5_encoder
 from .tsc import TSC, load_ella
 
 log = logging.getLogger("ella")
-
-RESIDENCIES = ("gpu", "cpu", "unload")
 
 # Where ELLA says what it is doing while it takes time: the WebUI's progress text (see webui.py).
 # Called with a line, or with None when ELLA's activity ends and the host's own text comes back.
@@ -46,17 +45,6 @@ def _device_name(device: torch.device) -> str:
     return "the GPU" if device.type == "cuda" else "CPU memory" if device.type == "cpu" else str(device)
 
 
-@dataclass
-class Settings:
-    t5_precision: str = "auto"  # auto | fp16 | bf16 | fp32
-    t5_residency: str = "cpu"  # where T5 waits between encodes: gpu | cpu | unload (after each job)
-    cache_entries: int = 256
-    cache_mb: int = 512
-    cache_on_cpu: bool = True
-    tsc_output_cache_mb: int = 32
-    hub_download: bool = False
-
-
 class MemoryHooks:
     """How the host manages device memory. The default suits plain PyTorch; backends override."""
 
@@ -69,7 +57,8 @@ class MemoryHooks:
     def make_room(self, nbytes: int, device: torch.device) -> None:
         """Called before `nbytes` of model weights move to `device`."""
 
-    def released(self) -> None:
+    def empty_cache(self) -> None:
+        """Give memory freed by dropping tensors back to the device (after T5 moves off it or is unloaded)."""
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -92,7 +81,7 @@ class ELLARuntime:
         self.hooks = hooks or MemoryHooks()
         self.report: Report = report or (lambda text: None)
         self._activities: list[str] = []
-        self.feature_cache = FeatureCache(self.settings.cache_entries, self.settings.cache_mb * 2**20)
+        self.feature_cache = LRUCache(self.settings.cache_entries, self.settings.cache_mb * 2**20)
         self._hub_download = hub_download
         self._tsc: Optional[LoadedTSC] = None
         self._t5: Optional[T5TextEncoder] = None
@@ -104,8 +93,9 @@ class ELLARuntime:
     def configure(self, settings: Settings) -> None:
         """Apply changed settings; a T5 precision change unloads T5 (it reloads in the new dtype)."""
         with self._lock:
-            if settings.t5_residency not in RESIDENCIES:
-                raise ELLAError(f"ELLA T5 residency '{settings.t5_residency}' is not one of {', '.join(RESIDENCIES)}.")
+            if settings.t5_residency not in list(Residency):
+                raise ELLAError(f"ELLA T5 residency '{settings.t5_residency}' is not one of "
+                                f"{', '.join(r.value for r in Residency)}.")
             if settings.t5_precision != self.settings.t5_precision:
                 self.unload_text_encoder()
             self.settings = settings
@@ -130,7 +120,7 @@ class ELLARuntime:
 
     # --- models ---------------------------------------------------------------------------------
 
-    def resolve(self, args: ELLAArgs, roots: ModelRoots) -> tuple[Path, Path]:
+    def locate_or_download(self, args: ELLAArgs, roots: ModelRoots) -> tuple[Path, Path]:
         """Paths of the chosen ELLA file and T5 folder; downloads the released ones if allowed and missing."""
         return (
             self._resolve_or_download(args.model, roots, resolve_ella_model, KNOWN_ELLA, "ella", roots.ella[0]),
@@ -203,16 +193,16 @@ class ELLARuntime:
         with self._lock, torch.inference_mode(False):
             if self._t5 is None:
                 return
-            keep = self.settings.t5_residency == "gpu" and not self.hooks.force_offload()
+            keep = self.settings.t5_residency == Residency.GPU and not self.hooks.force_offload()
             if not keep and self._t5.device.type != "cpu":
                 with self.activity(f"ELLA: moving T5 ({human_size(self._t5.nbytes)}) off the GPU to CPU memory"):
                     self._t5.to("cpu")
-                    self.hooks.released()
+                    self.hooks.empty_cache()
 
     def end_job(self) -> None:
         """Between jobs T5 follows the residency setting; 'unload' frees it entirely."""
         self.park_text_encoder()
-        if self.settings.t5_residency == "unload":
+        if self.settings.t5_residency == Residency.UNLOAD:
             self.unload_text_encoder()
 
     def unload_text_encoder(self) -> None:
@@ -220,17 +210,13 @@ class ELLARuntime:
             if self._t5 is not None:
                 self._t5 = None
                 self._t5_key = None
-                self.hooks.released()
+                self.hooks.empty_cache()
 
     def unload_all(self) -> None:
         with self._lock:
             self._tsc = None
             self.unload_text_encoder()
             self.feature_cache.clear()
-
-    @property
-    def loaded_text_encoder(self) -> Optional[T5TextEncoder]:
-        return self._t5
 
     @property
     def loaded_tsc(self) -> Optional[LoadedTSC]:

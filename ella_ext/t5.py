@@ -18,30 +18,20 @@ code named in a config is never run (the T5 classes are used directly, never `Au
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .errors import DeviceError, TextEncoderError, exception_summary
+from .errors import DeviceError, TextEncoderError
+from .logs import warn_once
 from .safetensors_file import PICKLE_SUFFIXES, SafetensorsHeader, load_tensors, read_header
+from .settings import T5Precision
+from .t5_tokenizer import TOKENIZER_FILES, load_tokenizer
 
-log = logging.getLogger("ella")
-
-TRAINING_MAX_TOKENS = 128  # ELLA was trained on captions truncated to 128 T5 tokens
-TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
 INDEX_FILE = "model.safetensors.index.json"
-PRECISIONS = ("auto", "fp16", "bf16", "fp32")
-
-_warned: set[str] = set()
-
-
-def warn_once(key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        log.warning(message)
+PRECISIONS = tuple(p.value for p in T5Precision)
 
 
 @dataclass(frozen=True)
@@ -258,9 +248,6 @@ class T5TextEncoder:
             truncated = len(full) > (fixed_length or truncate_at)
         return Tokens(ids=ids, attention_mask=mask, offsets=offsets, truncated=truncated)
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
-
     def encode(self, tokens: Tokens):
         """last_hidden_state [1, L, d_model] for one tokenized prompt, on the encoder's device."""
         import torch
@@ -287,102 +274,6 @@ class T5TextEncoder:
         return out
 
 
-SPIECE_COMPANIONS = ("spiece.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
-
-
-def _load_tokenizer(folder: Path) -> tuple[object, Optional[str]]:
-    """(tokenizer, note). The note says why the tokenizer gives no offsets, where it does not.
-
-    A fast tokenizer is needed for emphasis (its offsets map prompt text to tokens). It is read from
-    tokenizer.json; where this `tokenizers` cannot read that file (AUTOMATIC1111 pins tokenizers
-    0.13, which fails on files that newer versions write), the file is rewritten into the older
-    form, and failing that the tokenizer is converted from spiece.model (which needs a protobuf
-    that transformers' generated code accepts: not the 4.x that ADetailer's mediapipe installs).
-    Each gives the same tokens. Only where all fail is the slow tokenizer used.
-    """
-    import transformers
-
-    errors = []
-    fast = getattr(transformers, "T5TokenizerFast", None)
-    if fast is not None:
-        try:
-            return fast.from_pretrained(str(folder), local_files_only=True), None
-        except Exception as exc:  # transformers raises many types here; report them all
-            errors.append(f"tokenizer.json: {exception_summary(exc, 200)}")
-        if (folder / "tokenizer.json").is_file():
-            for name, build in (("tokenizer.json in the older format", _fast_from_older_json), ("spiece.model", _fast_from_spiece)):
-                try:
-                    return build(fast, folder), None
-                except Exception as exc:
-                    errors.append(f"{name}: {exception_summary(exc, 200)}")
-    slow = getattr(transformers, "T5Tokenizer", None)
-    if slow is not None:
-        try:
-            tokenizer = slow.from_pretrained(str(folder), local_files_only=True, legacy=True)
-        except Exception as exc:
-            errors.append(f"T5Tokenizer: {exception_summary(exc, 200)}")
-        else:
-            note = (
-                f"the T5 folder '{folder.name}' has no tokenizer that this WebUI's tokenizers library can read as a "
-                f"fast tokenizer ({'; '.join(errors) or 'no tokenizer.json'}), so prompt emphasis is ignored. "
-                "Add tokenizer.json and spiece.model from the released T5 folder."
-            )
-            warn_once(f"slow-tokenizer:{folder}", "ELLA: " + note)
-            return tokenizer, note
-    raise TextEncoderError(
-        f"T5 tokenizer in '{folder}' could not be loaded ({'; '.join(errors)}). "
-        "Make sure tokenizer.json or spiece.model are complete and that sentencepiece is installed."
-    )
-
-
-def _older_metaspace(node):
-    """Rewrite, in place, Metaspace entries of a newer tokenizer.json into the form tokenizers 0.13 reads.
-
-    Newer versions write {"prepend_scheme": "always", "split": true} where 0.13 expects
-    {"add_prefix_space": true}; 0.13's Metaspace always splits, as T5's does.
-    """
-    if isinstance(node, dict):
-        if node.get("type") == "Metaspace" and "prepend_scheme" in node:
-            scheme = node.pop("prepend_scheme")
-            node.pop("split", None)
-            node["add_prefix_space"] = scheme != "never"
-        for value in node.values():
-            _older_metaspace(value)
-    elif isinstance(node, list):
-        for value in node:
-            _older_metaspace(value)
-    return node
-
-
-def _fast_from_files(fast_class, folder: Path, names, tokenizer_json: Optional[dict] = None):
-    """The fast tokenizer from some of the folder's tokenizer files (and a replacement tokenizer.json), in a temp folder."""
-    import shutil
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="ella-t5-tokenizer-") as tmp:
-        for name in names:
-            if (folder / name).is_file():
-                shutil.copyfile(folder / name, Path(tmp) / name)
-        if tokenizer_json is not None:
-            (Path(tmp) / "tokenizer.json").write_text(json.dumps(tokenizer_json), encoding="utf-8")
-        return fast_class.from_pretrained(tmp, local_files_only=True)
-
-
-def _fast_from_older_json(fast_class, folder: Path):
-    """The fast tokenizer from the folder's tokenizer.json rewritten for an older tokenizers (no protobuf needed)."""
-    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-    tokenizer = _fast_from_files(fast_class, folder, SPIECE_COMPANIONS[1:], tokenizer_json=_older_metaspace(data))
-    log.info("ELLA: read %s/tokenizer.json in the form this tokenizers version understands", folder)
-    return tokenizer
-
-
-def _fast_from_spiece(fast_class, folder: Path):
-    """The fast tokenizer converted from spiece.model, ignoring the folder's tokenizer.json."""
-    tokenizer = _fast_from_files(fast_class, folder, SPIECE_COMPANIONS)
-    log.info("ELLA: %s/tokenizer.json is not readable by this tokenizers version; built the tokenizer from spiece.model", folder)
-    return tokenizer
-
-
 def _tensor_sources(folder: T5Folder) -> dict[str, tuple[SafetensorsHeader, str]]:
     """Map each encoder key to (file header, key in that file). Decoder tensors are never listed."""
     sources: dict[str, tuple[SafetensorsHeader, str]] = {}
@@ -407,7 +298,7 @@ def load_t5_encoder(path: str | os.PathLike, *, device="cpu", precision: str = "
 
     folder = inspect_t5_folder(path)
     dtype = resolve_precision(precision, device)
-    tokenizer, tokenizer_note = _load_tokenizer(folder.path)
+    tokenizer, tokenizer_note = load_tokenizer(folder.path)
 
     config_fields = {k: v for k, v in folder.config.items() if k not in ("auto_map", "architectures", "torch_dtype", "dtype")}
     try:

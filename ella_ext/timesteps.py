@@ -1,8 +1,8 @@
-"""The U-Net timestep for each denoiser call, per WebUI backend.
+"""Sigma-to-timestep mappings: which timestep the U-Net receives for a sampler's sigma.
 
 ELLA's TSC must see the timestep the U-Net receives at that call. The cfg-denoiser callback gets
-`sigma`, whose meaning differs by backend and sampler (verified against each WebUI's source and
-on running WebUIs, see `webui_observed.md`):
+`sigma`, whose meaning differs by backend and sampler (read in each WebUI's source and checked on
+running WebUIs; docs/webui_facts.md has the observed pairs):
 
 * A1111, k-diffusion samplers (and LCM): the U-Net gets `inner_model.sigma_to_t(sigma)`, a
   log-sigma interpolated, fractional t (1.6156 -> 499.5).
@@ -12,21 +12,14 @@ on running WebUIs, see `webui_observed.md`):
 * reForge: the U-Net gets `model_sampling.timestep(sigma)` (nearest); its k-diffusion wrapper's
   `sigma_to_t` interpolates and is *not* what the U-Net sees.
 
-`unet_timesteps` dispatches on the backend with duck typing, so this module imports nothing from
-the WebUI. The pure functions below compute the same mappings from a sigma table; tests check
-them against the pairs observed on real WebUIs.
+Each backend object (`ella_ext.backends`) asks its WebUI for the mapping at a call. The pure functions
+here compute the same mappings from a sigma table; tests check them against the pairs observed on
+real WebUIs.
 """
 
 from __future__ import annotations
 
 import torch
-
-from .errors import ConditioningError
-
-A1111 = "a1111"
-FORGE = "forge"
-REFORGE = "reforge"
-BACKENDS = (A1111, FORGE, REFORGE)
 
 
 def sd15_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
@@ -56,28 +49,3 @@ def interpolated_timestep(sigma: torch.Tensor, sigmas: torch.Tensor) -> torch.Te
     lo, hi = log_sigmas[low], log_sigmas[high]
     w = ((lo - log_sigma) / (lo - hi)).clamp(0, 1)
     return ((1 - w) * low + w * high).reshape(sigma.shape).to(torch.float32)
-
-
-def unet_timesteps(backend: str, denoiser, sigma: torch.Tensor, sd_model=None) -> torch.Tensor:
-    """The timesteps the U-Net receives at this denoiser call (same length as `sigma`)."""
-    if backend == A1111:
-        inner = denoiser.inner_model
-        to_t = getattr(inner, "sigma_to_t", None)
-        return to_t(sigma) if to_t is not None else sigma  # timestep samplers pass t itself
-    model = sd_model if sd_model is not None else getattr(getattr(denoiser, "inner_model", None), "inner_model", None)
-    unet = getattr(getattr(model, "forge_objects", None), "unet", None)
-    inner_model = getattr(unet, "model", None)
-    if backend == FORGE:
-        predictor = getattr(inner_model, "predictor", None)
-        if predictor is not None:
-            return predictor.timestep(sigma)
-    elif backend == REFORGE:
-        sampling = getattr(inner_model, "model_sampling", None)
-        if sampling is not None:
-            return sampling.timestep(sigma)
-    else:
-        raise ConditioningError(f"Unknown WebUI backend '{backend}'; expected one of {', '.join(BACKENDS)}.")
-    raise ConditioningError(
-        f"ELLA cannot find the U-Net's timestep mapping on this {backend} model "
-        "(forge_objects.unet.model has no predictor/model_sampling); this WebUI version is not supported."
-    )

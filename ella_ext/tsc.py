@@ -161,7 +161,7 @@ class AdaLayerNorm(nn.Module):
         return shift, scale
 
     @staticmethod
-    def apply(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def modulate(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return normed * (1 + scale) + shift
 
 
@@ -217,10 +217,10 @@ class PerceiverBlock(nn.Module):
 
     def forward(self, latents, text_normed, key_mask, t_act):
         d = latents.shape[-1]
-        normed_latents = AdaLayerNorm.apply(F.layer_norm(latents, (d,), eps=LN_EPS), *self.ln_1.modulation(t_act))
-        text = AdaLayerNorm.apply(text_normed, *self.ln_2.modulation(t_act))
+        normed_latents = AdaLayerNorm.modulate(F.layer_norm(latents, (d,), eps=LN_EPS), *self.ln_1.modulation(t_act))
+        text = AdaLayerNorm.modulate(text_normed, *self.ln_2.modulation(t_act))
         latents = latents + self.attn(normed_latents, text, key_mask)
-        ff_in = AdaLayerNorm.apply(F.layer_norm(latents, (d,), eps=LN_EPS), *self.ln_ff.modulation(t_act))
+        ff_in = AdaLayerNorm.modulate(F.layer_norm(latents, (d,), eps=LN_EPS), *self.ln_ff.modulation(t_act))
         return latents + self.mlp(ff_in)
 
 

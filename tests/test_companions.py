@@ -37,7 +37,7 @@ def clip(text):
 
 
 def no_ella_job_alive():
-    from ella_ext.webui import ELLAJob
+    from ella_ext.webui.job import ELLAJob
 
     gc.collect()
     return not [o for o in gc.get_objects() if type(o) is ELLAJob]
@@ -56,7 +56,7 @@ def new_p(api, alwayson, **kw):
 
 @pytest.mark.parametrize("copy_enabled", [True, False])
 def test_process_on_a_copy_leaves_the_original_alone(webui, copy_enabled):
-    from ella_ext.webui import active_job
+    from ella_ext.webui.job import active_job
 
     api = webui.api()
     p = new_p(api, ella())
@@ -81,7 +81,7 @@ def test_process_on_a_copy_leaves_the_original_alone(webui, copy_enabled):
 def test_xyz_cell_without_ella_carries_no_ella_fields(webui):
     """XYZ cells are copies of one p sharing extra_generation_params; On then Off (seen on Forge)."""
     from modules import processing
-    from ella_ext.webui import xyz_override
+    from ella_ext.webui.xyz import xyz_override
 
     api = webui.api()
     template = new_p(api, {"ELLA": {"args": [{"enabled": False, "model": MODEL_NAME, "t5": webui_env.T5_NAME}]}})
@@ -145,7 +145,7 @@ def test_adetailer_pass_uses_ella_when_listed(webui):
 # --- sd-webui-controlnet's marker token -----------------------------------------------------------
 
 def test_marker_count():
-    from ella_ext.compat import marker_count
+    from ella_ext.companions.controlnet import marker_count
 
     clip_like = torch.randn(2, 77, 768)
     assert marker_count(clip_like) == 0
@@ -358,14 +358,16 @@ def test_metadata_pins_ella_after_animatediff():
     section = f"callbacks/{name}/ella.py/cfg_denoiser/ella"  # the name A1111 gives on_cfg_denoiser(name="ella") in scripts/ella.py
     assert section in config
     assert config[section]["After"] == "sd-webui-animatediff/animatediff.py/cfg_denoiser"
-    assert 'register_callback("cfg_denoiser", EXTENSION.cfg_denoiser, name="ella", filename=__file__)' in (
+    assert '_register("cfg_denoiser", EXTENSION.cfg_denoiser, name="ella")' in (
         webui_env.ROOT / "scripts" / "ella.py").read_text()
 
 
 def test_callbacks_are_registered_with_their_file(monkeypatch):
     """add_callback with the file (no inspect.stack(), ~80 ms each at WebUI start); on_* where it takes none."""
     from modules import script_callbacks
-    from ella_ext.webui import register_callback
+    from ella_ext.backends import A1111
+
+    register_callback = A1111().register_callback
 
     added, public = [], []
 

@@ -304,12 +304,13 @@ def test_hub_download_reads_hf_endpoint_at_call_time(hub, roots, monkeypatch, re
 
 def test_runtime_downloads_missing_released_models_when_enabled(hub, roots, monkeypatch, released):
     from ella_ext.args import ELLAArgs
-    from ella_ext.runtime import ELLARuntime, Settings
+    from ella_ext.runtime import ELLARuntime
+    from ella_ext.settings import Settings
 
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     said = []
     runtime = ELLARuntime(Settings(hub_download=True), hub_download=hub_download, report=said.append)
-    ella, t5 = runtime.resolve(ELLAArgs(enabled=True, model=KNOWN_ELLA, t5=KNOWN_T5), roots)
+    ella, t5 = runtime.locate_or_download(ELLAArgs(enabled=True, model=KNOWN_ELLA, t5=KNOWN_T5), roots)
     # (the download's own progress lines, every 0.5 s, may come between)
     assert [s for s in said if s is None or s.startswith("ELLA: downloading")] == [f"ELLA: downloading {KNOWN_ELLA} from the Hugging Face hub into {roots.ella[0]}", None,
                     f"ELLA: downloading {KNOWN_T5} from the Hugging Face hub into {roots.t5[0]}", None]

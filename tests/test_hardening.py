@@ -50,7 +50,7 @@ def ella_job_works(webui, prompt="a red cube on a glossy table"):
 
 
 def no_job_state_left(webui):
-    from ella_ext.webui import ELLAJob
+    from ella_ext.webui.job import ELLAJob
 
     gc.collect()
     # type() rather than isinstance(): isinstance on every gc object trips deprecated module proxies
@@ -346,12 +346,12 @@ def test_two_api_clients_never_mix_prompts(webui):
 
 def test_prompt_encoder_shared_by_threads_keeps_prompts_apart(webui):
     """The feature cache and T5 are shared by all jobs; concurrent encodes must not swap results."""
-    from ella_ext.feature_cache import FeatureCache
+    from ella_ext.lru_cache import LRUCache
     from ella_ext.prompt_encoding import PromptEncoder
     from ella_ext.t5 import load_t5_encoder
 
     t5 = load_t5_encoder(webui.models_dir / "ELLA" / "t5" / T5_NAME, precision="fp32")
-    cache = FeatureCache(max_entries=8)  # small: threads evict each other's entries
+    cache = LRUCache(max_entries=8)  # small: threads evict each other's entries
     texts = factories.dpg_prompts(24)
     expected = {t: t5.encode(t5.tokenize(t))[0] for t in texts}
     encoder = PromptEncoder(lambda: t5, "t5", cache, BuiltinPromptSyntax(), fixed_length=None, truncate_at=None, emphasis="original")

@@ -42,7 +42,7 @@ def empty_webui(tmp_path, hub, monkeypatch):
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     webui = load_script(tmp_path / "models")
     manager = DownloadManager(retries=0, chunk_size=16384)
-    webui.extension.models = ModelSetup(webui.extension.roots, manager=manager)
+    webui.extension.model_setup = ModelSetup(webui.extension.roots, manager=manager)
     yield webui
     manager.cancel()
     assert manager.wait(10)["state"] != "running"
@@ -283,7 +283,7 @@ def test_progress_text_says_what_ella_loads_and_encodes(webui, fresh_webui_state
 def test_progress_text_gives_back_the_webuis_own_text(webui, monkeypatch):
     from modules import shared
 
-    from ella_ext.webui import ProgressText
+    from ella_ext.webui.progress import ProgressText
 
     monkeypatch.setattr(shared.state, "textinfo", "Upscaling")
     report = ProgressText()
@@ -297,7 +297,8 @@ def test_progress_text_gives_back_the_webuis_own_text(webui, monkeypatch):
 
 
 def test_moving_t5_off_the_gpu_is_said(monkeypatch):
-    from ella_ext.runtime import ELLARuntime, Settings
+    from ella_ext.runtime import ELLARuntime
+    from ella_ext.settings import Settings
 
     seen = []
     moved = []
@@ -328,7 +329,7 @@ def test_check_finds_a_damaged_file_and_download_replaces_it(empty_webui, hub, r
     report, line = handler(ui["check"])(KNOWN_ELLA, KNOWN_T5)
     assert "**ELLA model check: 1 problem**" in report and "does not match the hub" in report
     assert "Press Download to replace" in line
-    assert empty_webui.extension.models.to_download() == ["ella"]
+    assert empty_webui.extension.model_setup.to_download() == ["ella"]
 
     *_, (line, model, _t5) = handler(ui["download"])()
     assert installed.read_bytes() == released[ELLA_FILE]

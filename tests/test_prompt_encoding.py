@@ -7,7 +7,7 @@ import torch
 import factories
 import prompt_cases
 from ella_ext import prompt_encoding as pe
-from ella_ext.feature_cache import FeatureCache
+from ella_ext.lru_cache import LRUCache
 from ella_ext.prompt_syntax import BuiltinPromptSyntax, parse_attention
 
 
@@ -19,7 +19,7 @@ def t5(t5_fp32):
 def make_encoder(t5, *, emphasis="original", fixed_length=None, truncate_at=None, cache=None):
     spy = factories.CountingEncoder(t5)
     enc = pe.PromptEncoder(
-        lambda: spy, "tiny|fp32", cache if cache is not None else FeatureCache(), BuiltinPromptSyntax(),
+        lambda: spy, "tiny|fp32", cache if cache is not None else LRUCache(), BuiltinPromptSyntax(),
         fixed_length=fixed_length, truncate_at=truncate_at, emphasis=emphasis,
     )
     return enc, spy
@@ -115,7 +115,7 @@ def test_break_encodes_chunks_separately_and_concatenates(t5):
 
 
 def test_cache_hit_costs_no_encoder_call_and_keys_on_settings(t5):
-    cache = FeatureCache()
+    cache = LRUCache()
     enc, spy = make_encoder(t5, cache=cache)
     first = enc.encode("a (red:1.3) cube")
     again = enc.encode("a [red] cube")  # same clean text, other weights: T5 is not run again
@@ -167,7 +167,7 @@ def test_tokenizer_without_offsets_ignores_emphasis_and_says_so(t5, caplog):
             return dataclasses.replace(super().tokenize(text, **kw), offsets=None)
 
     spy = NoOffsets(t5)
-    enc = pe.PromptEncoder(lambda: spy, "slow", FeatureCache(), BuiltinPromptSyntax(),
+    enc = pe.PromptEncoder(lambda: spy, "slow", LRUCache(), BuiltinPromptSyntax(),
                            fixed_length=None, truncate_at=None, emphasis="original")
     with caplog.at_level(logging.WARNING):
         got = enc.encode("a (red:1.5) cube")

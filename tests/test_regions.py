@@ -142,8 +142,11 @@ def test_rp_unit_is_restored_for_the_next_job_even_after_a_failure(webui):
     model.fail_at_unet_call = None
     # and should a job end where ELLA sees nothing, its process() (run for every job) gives RP its unit back
     fake_rp_attention.TOKENSCON = 64
-    import ella_ext.compat as compat
-    compat._RP_UNIT_PATCHES[id(vars(fake_rp_attention))] = (vars(fake_rp_attention), 77)
+    from ella_ext.companions import COMPANIONS
+    from ella_ext.companions.regional_prompter import RegionalPrompter
+
+    rp_companion = next(c for c in COMPANIONS if isinstance(c, RegionalPrompter))
+    rp_companion._patched[id(vars(fake_rp_attention))] = (vars(fake_rp_attention), 77)
     from modules.api import Api
 
     api = Api([webui.module.ELLAScript, fake_extensions.FakeRegionalPrompter])

@@ -113,7 +113,7 @@ def test_hires_pass_uses_hires_prompts(webui):
         t = float(hires[0].t[0])
         assert torch.allclose(hires[0].context[0], webui_env.reference_conditioning(webui.models_dir, "a detailed cat", t), atol=1e-4)
         assert torch.allclose(first[0].context[0], webui_env.reference_conditioning(webui.models_dir, "a cat", float(first[0].t[0])), atol=1e-4)
-    assert shared.backend == "forge"
+    assert shared.backend.name == "forge"
 
 
 def test_forge_cfg_one_has_no_uncond(webui):
@@ -252,7 +252,7 @@ def test_callback_ignores_other_processing_objects(webui):
     leftover = copy.copy(api.last_p)  # a copy of a finished ELLA job's p
     assert not hasattr(leftover, "_ella_job")
     from ella_ext.args import ELLAArgs
-    from ella_ext.webui import ELLAJob
+    from ella_ext.webui.job import ELLAJob
     import weakref
 
     owner = processing.StableDiffusionProcessingTxt2Img(**payload())

@@ -9,7 +9,9 @@ import torch
 
 import factories
 from ella_ext import DeviceError, TextEncoderError
+from ella_ext import logs
 from ella_ext import t5 as t5mod
+from ella_ext import t5_tokenizer
 from ella_ext.t5 import inspect_t5_folder, load_t5_encoder
 
 PROMPTS = factories.dpg_prompts(5) + ["a red cube", ""]
@@ -104,7 +106,7 @@ def test_auto_precision_is_fp16_where_supported(t5_folder):
 
 def test_auto_falls_back_to_fp32_and_says_so_once(t5_folder, monkeypatch, caplog):
     monkeypatch.setattr(t5mod, "half_dtype_runs_on", lambda device: False)
-    monkeypatch.setattr(t5mod, "_warned", set())
+    monkeypatch.setattr(logs, "_warned", set())
     with caplog.at_level(logging.WARNING, logger="ella"):
         a = load_t5_encoder(t5_folder, precision="auto")
         b = load_t5_encoder(t5_folder, precision="auto")
@@ -128,7 +130,7 @@ def test_fp16_overflow_is_reencoded_in_fp32(tmp_path, caplog, monkeypatch):
     state = load_file(str(folder / "model.safetensors"))
     state["encoder.final_layer_norm.weight"] = torch.full_like(state["encoder.final_layer_norm.weight"], 30000.0)
     save_file(state, str(folder / "model.safetensors"))
-    monkeypatch.setattr(t5mod, "_warned", set())
+    monkeypatch.setattr(logs, "_warned", set())
     encoder = load_t5_encoder(folder, precision="fp16")
     with caplog.at_level(logging.WARNING, logger="ella"):
         out = encoder.encode(encoder.tokenize("a red cube on a glossy table"))
@@ -288,11 +290,11 @@ def test_tokenizer_json_of_the_newest_tokenizers_gives_a_fast_tokenizer(tmp_path
     tokens = enc.tokenize("a red cube on a table")
     assert tokens.offsets is not None and len(tokens.offsets) == len(tokens.ids)
 
-    from ella_ext.feature_cache import FeatureCache
+    from ella_ext.lru_cache import LRUCache
     from ella_ext.prompt_encoding import PromptEncoder
     from ella_ext.prompt_syntax import BuiltinPromptSyntax
 
-    prompts = PromptEncoder(lambda: enc, "newest|fp32", FeatureCache(), BuiltinPromptSyntax(),
+    prompts = PromptEncoder(lambda: enc, "newest|fp32", LRUCache(), BuiltinPromptSyntax(),
                             fixed_length=None, truncate_at=128, emphasis="no norm")
     plain, weighted = prompts.encode("a red cube"), prompts.encode("a (red:1.5) cube")
     assert weighted.weighted and weighted.emphasis_ignored is None
@@ -318,7 +320,7 @@ def test_slow_tokenizer_says_why_emphasis_is_ignored(tmp_path, t5_folder, monkey
 
     if transformers.T5TokenizerFast is transformers.T5Tokenizer:
         pytest.skip("transformers >= 5 has no slow T5 tokenizer; make test-compat runs this under 4.30")
-    from ella_ext.feature_cache import FeatureCache
+    from ella_ext.lru_cache import LRUCache
     from ella_ext.prompt_encoding import PromptEncoder
     from ella_ext.prompt_syntax import BuiltinPromptSyntax
 
@@ -328,11 +330,11 @@ def test_slow_tokenizer_says_why_emphasis_is_ignored(tmp_path, t5_folder, monkey
     def no_conversion(*args, **kwargs):
         raise RuntimeError("conversion needs protobuf")
 
-    monkeypatch.setattr(t5mod, "_fast_from_spiece", no_conversion)
+    monkeypatch.setattr(t5_tokenizer, "_fast_from_spiece", no_conversion)
     enc = load_t5_encoder(folder, precision="fp32")
     assert not enc.tokenizer.is_fast
     assert "conversion needs protobuf" in enc.tokenizer_note and "emphasis is ignored" in enc.tokenizer_note
-    prompts = PromptEncoder(lambda: enc, "slow|fp32", FeatureCache(), BuiltinPromptSyntax(),
+    prompts = PromptEncoder(lambda: enc, "slow|fp32", LRUCache(), BuiltinPromptSyntax(),
                             fixed_length=None, truncate_at=128, emphasis="original")
     weighted = prompts.encode("a (red:1.5) cube")
     assert weighted.emphasis_ignored == enc.tokenizer_note and not weighted.weighted
@@ -348,7 +350,7 @@ def test_each_fallback_alone_gives_the_same_tokens(tmp_path, t5_folder, monkeypa
     def unavailable(*args, **kwargs):
         raise RuntimeError("not available here")
 
-    monkeypatch.setattr(t5mod, "_fast_from_spiece" if way == "older json" else "_fast_from_older_json", unavailable)
+    monkeypatch.setattr(t5_tokenizer, "_fast_from_spiece" if way == "older json" else "_fast_from_older_json", unavailable)
     enc = load_t5_encoder(folder, precision="fp32")
     assert enc.tokenizer.is_fast and enc.tokenizer_note is None
     for prompt, ids in expected["ids"].items():
@@ -359,6 +361,6 @@ def test_older_metaspace_rewrite():
     new = {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
         {"type": "WhitespaceSplit"}, {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}]},
         "decoder": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": True}}
-    old = t5mod._older_metaspace(new)
+    old = t5_tokenizer._older_metaspace(new)
     assert old["pre_tokenizer"]["pretokenizers"][1] == {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True}
     assert old["decoder"] == {"type": "Metaspace", "replacement": "▁", "add_prefix_space": False}

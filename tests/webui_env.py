@@ -62,8 +62,11 @@ class WebUI:
     def set_backend(self, backend: str) -> None:
         from modules import shared
 
-        shared.backend = backend
-        self.extension.backend = backend
+        from ella_ext import backends
+        from modules import fake_backends
+
+        shared.backend = fake_backends.BY_NAME[backend]
+        self.extension.backend = backends.by_name(backend)
 
 
 def load_script(models_dir: Path) -> WebUI:

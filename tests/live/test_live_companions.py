@@ -540,7 +540,7 @@ def test_forge_builtins_get_ella(title):
 def test_emphasis_reaches_ella_conditioning():
     """A1111 pins tokenizers 0.13, which cannot read the tiny T5's tokenizer.json (written by the newest
     tokenizers, as recent releases write it): emphasis must still reach T5's features."""
-    from ella_ext.feature_cache import FeatureCache
+    from ella_ext.lru_cache import LRUCache
     from ella_ext.prompt_encoding import PromptEncoder
     from ella_ext.prompt_syntax import BuiltinPromptSyntax
 
@@ -550,7 +550,7 @@ def test_emphasis_reaches_ella_conditioning():
     assert "ELLA emphasis ignored" not in info(body)["infotexts"][0]
     reference("", 0)  # loads the models
     encoder, tsc = _REF["models"]
-    prompts = PromptEncoder(lambda: encoder, "live", FeatureCache(), BuiltinPromptSyntax(), fixed_length=None,
+    prompts = PromptEncoder(lambda: encoder, "live", LRUCache(), BuiltinPromptSyntax(), fixed_length=None,
                             truncate_at=128, emphasis="original")
     encoded = prompts.encode(prompt)
     assert encoded.weighted

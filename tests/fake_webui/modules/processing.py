@@ -65,7 +65,7 @@ class StableDiffusionProcessing:
     def setup_conds(self):
         config = sd_samplers.find_sampler_config(self.sampler_name)
         self.firstpass_steps = config.total_steps(self.steps) if config else self.steps
-        if shared.backend == "forge" and self.cfg_scale == 1:
+        if shared.backend.skips_uncond_at_cfg_1 and self.cfg_scale == 1:
             self.uc = None
         else:
             self.uc = self._conds(prompt_parser.get_learned_conditioning, self.negative_prompts, self.firstpass_steps, self.cached_uc)
@@ -121,7 +121,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         config = sd_samplers.find_sampler_config(self.hr_sampler_name or self.sampler_name)
         steps = self.hr_second_pass_steps or self.steps
         total = config.total_steps(steps) if config else steps
-        if shared.backend == "forge" and self.hr_cfg == 1:
+        if shared.backend.skips_uncond_at_cfg_1 and self.hr_cfg == 1:
             self.hr_uc = None
         else:
             self.hr_uc = self._conds(prompt_parser.get_learned_conditioning, self.hr_negative_prompts, self.firstpass_steps, self.cached_hr_uc, total)
@@ -146,9 +146,9 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         if self.scripts is not None:
             self.scripts.before_hr(self)
             self.scripts.process_before_every_sampling(self, x=samples, noise=noise, c=self.hr_c, uc=self.hr_uc)
-            if shared.backend == "forge":  # Forge resets its UNet patcher and calls the hook again
+            if shared.backend.repeats_hires_hook:  # Forge resets its UNet patcher and calls the hook again
                 self.scripts.process_before_every_sampling(self, x=samples, noise=noise, c=self.hr_c, uc=self.hr_uc)
-        cfg = self.hr_cfg if shared.backend == "forge" else self.cfg_scale
+        cfg = self.hr_cfg if shared.backend.skips_uncond_at_cfg_1 else self.cfg_scale
         steps = self.hr_second_pass_steps or self.steps
         samples = self.sampler.sample_img2img(self, samples, noise, self.hr_c, self.hr_uc, steps, cfg)
         self.is_hr_pass = False

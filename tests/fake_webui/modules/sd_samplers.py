@@ -1,7 +1,6 @@
-"""Samplers and the CFG denoiser, per backend (shared.backend = "a1111" | "forge" | "reforge").
+"""Samplers and the CFG denoiser, per backend (shared.backend: one of modules.fake_backends).
 
-What each backend hands the cfg-denoiser callback and what its U-Net then receives follows
-webui_api.md section 2-3 and webui_observed.md:
+What each backend hands the cfg-denoiser callback and what its U-Net then receives (docs/webui_facts.md):
 - A1111 expands x/sigma to [N_c + B] (cond rows, then uncond rows); k-diffusion U-Net t is the
   wrapper's interpolated sigma_to_t; DDIM/PLMS/UniPC pass t itself as "sigma".
 - Forge/reForge pass [B] sigmas (DDIM converts t -> sigma first); the U-Net gets the nearest table
@@ -75,22 +74,19 @@ class CFGDenoiser:
         self.total_steps = None
         self.timestep_sampler = timestep_sampler
         model = p.sd_model
-        backend = shared.backend
         if timestep_sampler:
             self.inner_model = TimestepsDenoiser(model)
-        elif backend == "forge":
+        elif shared.backend.timestep_source == "predictor":
             self.inner_model = ForgeScheduleLinker(model)
         else:
             self.inner_model = KDiffusionWrapper(model)
 
     def unet_t(self, sigma):
         model = self.p.sd_model
-        backend = shared.backend
-        if backend == "a1111":
+        source = shared.backend.timestep_source
+        if source == "sigma_to_t":
             return sigma if self.timestep_sampler else self.inner_model.sigma_to_t(sigma)
-        if backend == "forge":
-            return model.forge_objects.unet.model.predictor.timestep(sigma)
-        return model.forge_objects.unet.model.model_sampling.timestep(sigma)
+        return getattr(model.forge_objects.unet.model, source).timestep(sigma)
 
     def pad_cond_uncond(self, cond, uncond):
         """Append empty-prompt CLIP chunks to the shorter one (A1111 "Pad prompt/negative prompt")."""
@@ -119,7 +115,7 @@ class CFGDenoiser:
         uncond_t = prompt_parser.reconstruct_cond_batch(uncond, self.step) if uncond is not None else None
         batch = x.shape[0]
         repeats = [len(c) for c in conds_list]
-        if shared.backend == "a1111":
+        if shared.backend.expands_rows:
             x_in = torch.cat([torch.stack([x[i]] * n) for i, n in enumerate(repeats)] + [x])
             sigma_in = torch.cat([torch.stack([sigma[i]] * n) for i, n in enumerate(repeats)] + [sigma])
             params = CFGDenoiserParams(x_in, None, sigma_in, state.sampling_step, state.sampling_steps, tensor, uncond_t, self)
@@ -129,20 +125,20 @@ class CFGDenoiser:
         tensor, uncond_t = params.text_cond, params.text_uncond
 
         row_image = [i for i, n in enumerate(repeats) for _ in range(n)]
-        if shared.backend == "a1111":
+        if shared.backend.expands_rows:
             t_all = self.unet_t(params.sigma)
             t_cond, t_unc = t_all[: len(row_image)], t_all[len(row_image):]
         else:
             t_img = self.unet_t(params.sigma)
             t_cond, t_unc = t_img[row_image], t_img
         x_cond = x[row_image]
-        if shared.backend == "a1111" and uncond_t is not None and tensor.shape[1] != uncond_t.shape[1]:
+        if shared.backend.pads_after_callback and uncond_t is not None and tensor.shape[1] != uncond_t.shape[1]:
             # A1111 pads right after the callbacks, through these denoiser methods (sd_samplers_cfg_denoiser.py)
             if shared.opts.pad_cond_uncond_v0:
                 tensor, uncond_t = self.pad_cond_uncond_v0(tensor, uncond_t)
             elif shared.opts.pad_cond_uncond:
                 tensor, uncond_t = self.pad_cond_uncond(tensor, uncond_t)
-        if shared.backend == "a1111":
+        if shared.backend.unet_via_wrapper:
             # A1111 calls its k-diffusion wrapper with x and sigma per row; the wrapper finds t (extensions
             # such as AnimateDiff replace the wrapper's forward)
             s_cond, s_unc = params.sigma[: len(row_image)], params.sigma[len(row_image):]
@@ -189,7 +185,7 @@ class Sampler:
             return real, real
         ts = [999 - i * (1000 // steps) for i in range(steps)]
         real = torch.tensor([float(sigmas[t]) for t in ts] + [0.0])
-        if shared.backend == "a1111":
+        if shared.backend.timestep_samplers_pass_t:
             return torch.tensor([float(t) for t in ts] + [0.0]), real
         return real, real
 
@@ -225,8 +221,8 @@ def create_sampler(name, sd_model):
     return Sampler(name, sd_model)
 
 
-def fake_sd_model(family="sd1", backend="a1111"):
-    return FakeSDModel(family, backend)
+def fake_sd_model(family="sd1", backend=None):
+    return FakeSDModel(family, backend or shared.backend)
 
 
 class Predictor:
@@ -240,9 +236,10 @@ class Predictor:
 class FakeSDModel:
     """An SD model whose CLIP and U-Net are tiny deterministic functions that record what they get."""
 
-    def __init__(self, family="sd1", backend="a1111"):
+    def __init__(self, family="sd1", backend=None):
         from ella_ext.timesteps import sd15_alphas_cumprod, sigmas_from_alphas
 
+        backend = backend or shared.backend
         self.family = family
         for name in ("sd1", "sd2", "sdxl", "sd3"):
             setattr(self, f"is_{name}", family == name)
@@ -253,9 +250,8 @@ class FakeSDModel:
         self.unet_calls = []
         self.clip_calls = 0
         self.fail_at_unet_call = None
-        if backend in ("forge", "reforge"):
-            predictor = Predictor(self.sigmas)
-            inner = SimpleNamespace(predictor=predictor) if backend == "forge" else SimpleNamespace(model_sampling=predictor)
+        if backend.timestep_source != "sigma_to_t":
+            inner = SimpleNamespace(**{backend.timestep_source: Predictor(self.sigmas)})
             self.forge_objects = SimpleNamespace(unet=SimpleNamespace(model=inner))
 
     def get_learned_conditioning(self, texts):

@@ -67,7 +67,9 @@ state = State()
 sd_model = None
 device = "cpu"
 
-backend = "a1111"  # fake-only knob: which WebUI the fake behaves like ("a1111", "forge", "reforge")
+from modules.fake_backends import A1111 as _A1111  # noqa: E402
+
+backend = _A1111  # fake-only knob: which WebUI the fake behaves like (modules.fake_backends)
 
 
 def apply_styles(prompt, styles):

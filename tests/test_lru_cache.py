@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import factories
-from ella_ext.feature_cache import FeatureCache
+from ella_ext.lru_cache import LRUCache
 from ella_ext.prompt_encoding import PromptEncoder
 from ella_ext.prompt_syntax import BuiltinPromptSyntax
 
@@ -22,7 +22,7 @@ def make(encoder, cache, identity="t5|fp32", fixed=None, truncate=128):
 
 
 def test_hit_costs_no_encoder_call(encoder):
-    cache = FeatureCache()
+    cache = LRUCache()
     pe, counting = make(encoder, cache)
     a = pe.encode("a red cube on a table")
     assert (counting.encodes, counting.tokenizes) == (1, 1)
@@ -34,7 +34,7 @@ def test_hit_costs_no_encoder_call(encoder):
 
 
 def test_a_new_job_with_the_same_settings_hits(encoder):
-    cache = FeatureCache()
+    cache = LRUCache()
     first, c1 = make(encoder, cache)
     second, c2 = make(encoder, cache)
     first.encode("a blue sphere")
@@ -44,7 +44,7 @@ def test_a_new_job_with_the_same_settings_hits(encoder):
 
 @pytest.mark.parametrize("change", [dict(identity="t5|fp16"), dict(fixed=128), dict(truncate=None)])
 def test_settings_that_change_features_miss(encoder, change):
-    cache = FeatureCache()
+    cache = LRUCache()
     base, _ = make(encoder, cache)
     base.encode("a blue sphere")
     other, counting = make(encoder, cache, **change)
@@ -53,7 +53,7 @@ def test_settings_that_change_features_miss(encoder, change):
 
 
 def test_emphasis_shares_the_cached_raw_features(encoder):
-    cache = FeatureCache()
+    cache = LRUCache()
     pe, counting = make(encoder, cache)
     plain = pe.encode("a red cube")
     weighted = pe.encode("a (red:1.5) cube")
@@ -62,7 +62,7 @@ def test_emphasis_shares_the_cached_raw_features(encoder):
 
 
 def test_lru_bounds_entries_and_bytes():
-    cache = FeatureCache(max_entries=2, max_bytes=10_000)
+    cache = LRUCache(max_entries=2, max_bytes=10_000)
     t = lambda n: (torch.zeros(n), None)  # noqa: E731 - entry shaped like the encoder's
     cache.put("a", t(100))
     cache.put("b", t(100))

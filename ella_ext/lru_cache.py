@@ -1,8 +1,8 @@
-"""An LRU cache of T5 features, bounded in entries and bytes.
+"""One LRU cache, bounded in entries and in the bytes of the tensors it holds, thread-safe.
 
-Keys carry everything that changes the features: the encoder's identity (folder, weight files'
-size and mtime, dtype), the token ids (which follow from the cleaned text, the length mode and
-the truncation policy). A hit costs a dict lookup: no tokenizer, no encoder.
+It keeps T5 features across jobs (keys carry the encoder's identity, the token ids' inputs: the
+cleaned text, length mode and truncation policy) and a job's TSC outputs per (text, t) across its
+batch count. A hit costs a dict lookup.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Hashable
+from typing import Hashable, Optional
 
 
 @dataclass(frozen=True)
@@ -21,9 +21,9 @@ class CacheStats:
     nbytes: int
 
 
-class FeatureCache:
-    def __init__(self, max_entries: int = 256, max_bytes: int = 512 * 1024 * 1024):
-        self.max_entries = max_entries
+class LRUCache:
+    def __init__(self, max_entries: Optional[int] = 256, max_bytes: int = 512 * 1024 * 1024):
+        self.max_entries = max_entries  # None: bounded in bytes only
         self.max_bytes = max_bytes
         self._items: OrderedDict[Hashable, object] = OrderedDict()
         self._sizes: dict[Hashable, int] = {}
@@ -32,7 +32,7 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
 
-    def configure(self, *, max_entries: int | None = None, max_bytes: int | None = None) -> None:
+    def configure(self, *, max_entries: Optional[int] = None, max_bytes: Optional[int] = None) -> None:
         with self._lock:
             if max_entries is not None:
                 self.max_entries = max_entries
@@ -63,22 +63,16 @@ class FeatureCache:
             if key in self._items:
                 self._nbytes -= self._sizes.pop(key)
                 del self._items[key]
-            if size > self.max_bytes or self.max_entries <= 0:
+            if size > self.max_bytes or self.max_entries == 0:
                 return
             self._items[key] = value
             self._sizes[key] = size
             self._nbytes += size
             self._evict()
 
-    def get_or_create(self, key: Hashable, create: Callable[[], object]):
-        value = self.get(key)
-        if value is None:
-            value = create()
-            self.put(key, value)
-        return value
-
     def _evict(self) -> None:
-        while self._items and (len(self._items) > self.max_entries or self._nbytes > self.max_bytes):
+        too_many = (lambda: len(self._items) > self.max_entries) if self.max_entries is not None else (lambda: False)
+        while self._items and (too_many() or self._nbytes > self.max_bytes):
             key, _ = self._items.popitem(last=False)
             self._nbytes -= self._sizes.pop(key)
 

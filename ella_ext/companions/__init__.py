@@ -1,0 +1,72 @@
+"""What ELLA does about each other extension (and WebUI feature) that meets its conditioning.
+
+One module per extension, each a `Companion` (see `base.py` for the protocol); the WebUI adapter runs the
+hooks of every entry of `COMPANIONS`. Supporting another extension is one module here, its entry below,
+its fake in tests/fake_extensions.py and its tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..errors import IncompatibleExtensionError
+from ..plan import CallResult, DenoiserCall
+from .adetailer import ADetailer
+from .animatediff import AnimateDiff
+from .base import Companion, Finish, JobView
+from .controlnet import ControlNetMarkers
+from .padding import PaddingOption
+from .regional_prompter import RegionalPrompter
+from .tiled_diffusion import TiledDiffusion
+
+# the order of adapt_call (finishes run in reverse): ControlNet's markers come off first and go back on last
+COMPANIONS: tuple[Companion, ...] = (
+    ControlNetMarkers(),
+    PaddingOption(),
+    RegionalPrompter(),
+    TiledDiffusion(),
+    AnimateDiff(),
+    ADetailer(),
+)
+
+
+def check(job: JobView) -> None:
+    """Refuse, before sampling, a combination with another extension that cannot work."""
+    for companion in COMPANIONS:
+        problem = companion.check(job)
+        if problem:
+            raise IncompatibleExtensionError(problem)
+
+
+def shape_plan(job: JobView) -> None:
+    for companion in COMPANIONS:
+        companion.shape_plan(job)
+
+
+def adapt_call(job: JobView, call: DenoiserCall) -> list[Finish]:
+    finishes = []
+    for companion in COMPANIONS:
+        finish = companion.adapt_call(job, call)
+        if finish is not None:
+            finishes.append(finish)
+    return finishes
+
+
+def finish_call(finishes: list[Finish], result: CallResult) -> CallResult:
+    for finish in reversed(finishes):
+        result = finish(result)
+    return result
+
+
+def outside_job(p: Any, note: Callable[[str, Any, str], None]) -> None:
+    for companion in COMPANIONS:
+        companion.outside_job(p, note)
+
+
+def restore() -> None:
+    for companion in COMPANIONS:
+        companion.restore()
+
+
+__all__ = ["COMPANIONS", "Companion", "JobView", "adapt_call", "check", "finish_call", "outside_job", "restore",
+           "shape_plan"]

@@ -1,0 +1,56 @@
+"""ELLA + CLIP with a separate CLIP text: the WebUI's own CLIP conditioning of that text, per sampling pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ..args import ELLAArgs
+from ..plan import PassSpec
+
+
+@dataclass
+class ClipTextConds:
+    cond: Any = None  # MulticondLearnedConditioning of the CLIP prompt, one per image
+    uncond: Any = None  # ScheduledPromptConditioning lists of the CLIP negative, one per image
+
+    @classmethod
+    def make(cls, p, spec: PassSpec, args: ELLAArgs) -> "ClipTextConds":
+        """Made the way the WebUI's setup_conds makes a plain job's conds (same functions, autocast, schedule),
+        after extra networks are active, so LoRA tags of the main prompt act on it too."""
+        from modules import devices, prompt_parser, shared
+
+        prompt, negative = args.clip_texts
+        images = len(spec.prompts)
+        hires = spec.hires_steps is not None
+        size = {"width": getattr(p, "hr_upscale_to_x", p.width) if hires else p.width,
+                "height": getattr(p, "hr_upscale_to_y", p.height) if hires else p.height}
+        conds = cls()
+        with devices.autocast():
+            if prompt:
+                conds.cond = prompt_parser.get_multicond_learned_conditioning(
+                    shared.sd_model, prompt_parser.SdConditioning([prompt] * images, **size),
+                    spec.steps, spec.hires_steps, spec.use_old_scheduling)
+            if negative:
+                conds.uncond = prompt_parser.get_learned_conditioning(
+                    shared.sd_model, prompt_parser.SdConditioning([negative] * images, is_negative_prompt=True, **size),
+                    spec.steps, spec.hires_steps, spec.use_old_scheduling)
+        return conds
+
+    def at(self, step: int) -> tuple[Any, Any]:
+        """Rows (one per image) at a denoiser step, as the WebUI's denoiser reconstructs its own."""
+        from modules import prompt_parser
+
+        cond = prompt_parser.reconstruct_multicond_batch(self.cond, step)[1] if self.cond is not None else None
+        uncond = prompt_parser.reconstruct_cond_batch(self.uncond, step) if self.uncond is not None else None
+        return cond, uncond
+
+
+def clip_text_conds(job, p, spec: PassSpec) -> Optional[ClipTextConds]:
+    """The pass's ClipTextConds of an ELLAJob, made once per pass; None where no separate CLIP text applies."""
+    if not any(job.args.clip_texts):
+        return None
+    conds = job.clip_texts.get(spec)
+    if conds is None:
+        conds = job.clip_texts[spec] = ClipTextConds.make(p, spec, job.args)
+    return conds

@@ -1,0 +1,259 @@
+"""`ELLAExtension`: the script's lifecycle in the WebUI; `scripts/ella.py` forwards its hooks here.
+
+process()                      args from the UI/API/XYZ, models found and loaded, the job's plan, infotext
+process_before_every_sampling  companions check and shape the plan; this pass's prompts encoded
+on_cfg_denoiser                at every denoiser call: ELLA's conditioning for the U-Net's own timestep
+postprocess                    the job's state cleared, T5 parked as the settings say
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable, Optional, Sequence
+
+from .. import backends, companions
+from ..args import INFO_EMPHASIS_IGNORED, INFO_TRUNCATED, ELLAArgs
+from ..discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, list_ella_models, list_t5_encoders
+from ..errors import ELLAError, UnsupportedModelError
+from ..logs import log
+from ..plan import DenoiserCall, Interrupted, JobPlan, PassSpec, PlanShape
+from ..prompt_syntax import PromptSyntax
+from .clip_text import clip_text_conds
+from .job import ELLAAbort, ELLAJob, active_job, attach, clear_job, note, own_infotext
+from .progress import ProgressText, interrupted
+from .prompt_parser import prompt_syntax
+from .settings import api_credentials, model_roots, read_settings
+from .xyz import OVERRIDES_ATTR
+
+
+class ELLAExtension:
+    def __init__(self, runtime=None, backend: Optional[backends.Backend] = None, syntax: Optional[PromptSyntax] = None,
+                 roots: Optional[Callable[[], ModelRoots]] = None):
+        from ..downloads import hub_download
+        from ..model_setup import ModelSetup
+        from ..runtime import ELLARuntime
+
+        self.backend = backend or backends.detect()
+        self.runtime = runtime or ELLARuntime(hooks=self.backend.memory_hooks(), hub_download=hub_download,
+                                              report=ProgressText())
+        self._syntax = syntax
+        self._roots = roots or model_roots
+        self.model_setup = ModelSetup(self.roots)  # the first-run row and the /ella/v1 API
+        self._open_jobs: list[weakref.ref] = []  # ELLA jobs between their first sampling and postprocess
+
+    @property
+    def syntax(self) -> PromptSyntax:
+        if self._syntax is None:
+            self._syntax = prompt_syntax()
+        return self._syntax
+
+    def roots(self) -> ModelRoots:
+        return self._roots()
+
+    # --- models offered in the UI ---
+
+    def model_choices(self) -> list[str]:
+        names = list_ella_models(self.roots())
+        if self.runtime.settings.hub_download and KNOWN_ELLA not in names:
+            names.append(KNOWN_ELLA)
+        return names
+
+    def t5_choices(self) -> list[str]:
+        names = list_t5_encoders(self.roots())
+        if self.runtime.settings.hub_download and KNOWN_T5 not in names:
+            names.append(KNOWN_T5)
+        return names
+
+    def default_models(self) -> dict[str, str]:
+        """The first ELLA model and T5 encoder offered: what a job uses where its args name none."""
+        models, encoders = self.model_choices(), self.t5_choices()
+        return {"model": models[0] if models else "", "t5": encoders[0] if encoders else ""}
+
+    def refresh_settings(self) -> None:
+        try:
+            self.runtime.configure(read_settings())
+        except ELLAError as exc:
+            log.error("%s", exc)
+
+    def register_api(self, _demo, app) -> None:
+        """app_started: ELLA's /ella/v1 routes (models, download, check) on the WebUI's FastAPI app."""
+        from ..api import register_routes
+
+        register_routes(app, self.model_setup, credentials=api_credentials())
+
+    # --- lifecycle ---
+
+    def process(self, p, script_args: Sequence[Any]) -> None:
+        companions.restore()  # a job that changed another extension for ELLA may have ended without postprocess
+        clear_job(p)
+        own_infotext(p)
+        try:
+            overrides = dict(getattr(p, OVERRIDES_ATTR, None) or {})  # set by an XYZ plot axis for this cell
+            args = ELLAArgs.from_script_args(script_args, enabled=overrides.pop("enabled", None),
+                                             installed=self.default_models)
+            if overrides and args.enabled:
+                args = args.with_(**overrides)
+        except ELLAError as exc:
+            attach(p, ELLAArgs()).fail(exc)
+            return
+        if not args.enabled:
+            return
+        job = attach(p, args)
+        try:
+            self.refresh_settings()
+            check_model_family(p.sd_model)
+            ella_path, t5_path = self.runtime.locate_or_download(args, self.roots())
+            from ..t5 import inspect_t5_folder
+
+            inspect_t5_folder(t5_path)  # fail before sampling, not at the first encode
+            tsc = self.runtime.tsc(ella_path)
+            encoder = self.runtime.prompt_encoder(args, t5_path, self.syntax)
+            job.plan = JobPlan(
+                args,
+                tsc,
+                encoder,
+                self.syntax,
+                output_cache_bytes=self.runtime.settings.tsc_output_cache_mb * 2**20,
+                interrupted=interrupted,
+                after_encode=self.runtime.park_text_encoder,
+                activity=self.runtime.activity,
+            )
+            p.extra_generation_params.update(args.infotext(self.runtime.model_hash(ella_path)))
+        except Exception as exc:
+            job.fail(exc)
+
+    def before_sampling(self, p) -> None:
+        """process_before_every_sampling: the companions check the job and shape its plan; this pass's prompts
+        are encoded."""
+        job = active_job(p)
+        if job is None or job.error is not None or job.plan is None:
+            return
+        try:
+            check_model_family(p.sd_model)
+            view = companions.JobView(p, job.args, job.plan, self.backend)
+            companions.check(view)  # every script's process() has run: their settings are known
+            job.plan.shape = PlanShape()
+            companions.shape_plan(view)
+            spec = self.pass_spec(p)
+            job.plan.prepare(spec)
+            clip_text_conds(job, p, spec)
+            if not any(ref() is job for ref in self._open_jobs):
+                self._open_jobs.append(weakref.ref(job))
+            if job.plan.truncated:
+                note(p, INFO_TRUNCATED, True,
+                     "ELLA: a prompt was longer than 128 T5 tokens (ELLA's training length) and was truncated; "
+                     "set 'Prompts over 128 T5 tokens' to Keep to pass it whole.")
+            reason = job.plan.emphasis_ignored
+            if reason:
+                note(p, INFO_EMPHASIS_IGNORED, "no fast T5 tokenizer", f"ELLA: {reason}")
+        except Interrupted:
+            return  # the sampler sees the interrupt itself and stops before the first step
+        except Exception as exc:
+            companions.restore()
+            job.fail(exc)
+
+    def cfg_denoiser(self, params) -> None:
+        """on_cfg_denoiser: replace cond/uncond for ELLA jobs; costs one getattr for other jobs."""
+        denoiser = params.denoiser
+        p = getattr(denoiser, "p", None)
+        job = active_job(p)
+        if job is None:
+            if self._open_jobs:
+                companions.outside_job(p, self._note_on_open_job)
+            return
+        if job.error is not None:
+            raise ELLAAbort()
+        try:
+            if job.plan is None:
+                raise ELLAError("ELLA was not set up for this job.")
+            spec = self.pass_spec(p)
+            plan = job.plan.prepare(spec)
+            step = int(denoiser.step)
+            clip = clip_text_conds(job, p, spec)
+            clip_cond, clip_uncond = clip.at(step) if clip is not None else (None, None)
+            call = DenoiserCall(
+                step=step,
+                total_steps=int(getattr(denoiser, "total_steps", None) or params.total_sampling_steps or 1),
+                timesteps=self.backend.unet_timesteps(denoiser, params.sigma, getattr(p, "sd_model", None)),
+                text_cond=params.text_cond,
+                text_uncond=params.text_uncond,
+                clip_cond=clip_cond,
+                clip_uncond=clip_uncond,
+            )
+            view = companions.JobView(p, job.args, job.plan, self.backend, denoiser)
+            finishes = companions.adapt_call(view, call)
+            result = companions.finish_call(finishes, job.plan.apply(plan, call))
+            params.text_cond, params.text_uncond = result.cond, result.uncond
+        except Exception as exc:
+            job.fail(exc)
+            raise ELLAAbort() from None
+
+    def _note_on_open_job(self, key: str, value: Any, message: str) -> None:
+        """Another extension's pass ran inside an ELLA job without ELLA: say so on that job's images."""
+        outer = next((j for j in (ref() for ref in reversed(self._open_jobs)) if j is not None and j.error is None), None)
+        p = outer.owner() if outer is not None else None
+        if p is not None and key not in p.extra_generation_params:
+            log.warning("%s", message)
+            note(p, key, value, message)
+
+    def postprocess(self, p) -> None:
+        job = active_job(p)
+        if job is None:
+            return
+        if job.plan is not None:
+            s = job.plan.stats
+            log.info(
+                "ELLA: %d prompt texts encoded (%d truncated), %d TSC calls for %d rows (%d rows reused), %d steps ELLA, "
+                "%d steps CLIP",
+                s.texts_encoded, s.truncated_prompts, s.tsc_calls, s.tsc_rows, s.reused_rows, s.steps_ella, s.steps_clip,
+            )
+        self.end_job(p)
+
+    def end_job(self, p) -> None:
+        job = active_job(p)
+        self._open_jobs[:] = [ref for ref in self._open_jobs if ref() is not None and ref() is not job]
+        companions.restore()
+        clear_job(p)
+        self.runtime.end_job()
+
+    # --- WebUI objects -> library data ---
+
+    def pass_spec(self, p) -> PassSpec:
+        from modules import shared
+
+        old = bool(getattr(shared.opts, "use_old_scheduling", False))
+        if getattr(p, "is_hr_pass", False):
+            from modules import sd_samplers
+
+            steps = p.hr_second_pass_steps or p.steps
+            config = sd_samplers.find_sampler_config(p.hr_sampler_name or p.sampler_name)
+            hires_total = config.total_steps(steps) if config else steps
+            return PassSpec(
+                prompts=tuple(p.hr_prompts),
+                negative_prompts=tuple(p.hr_negative_prompts),
+                steps=int(p.firstpass_steps),
+                hires_steps=int(hires_total),
+                use_old_scheduling=old,
+                name="hires pass",
+            )
+        steps = getattr(p, "firstpass_steps", None) or p.steps
+        return PassSpec(
+            prompts=tuple(p.prompts),
+            negative_prompts=tuple(p.negative_prompts),
+            steps=int(steps),
+            use_old_scheduling=old,
+        )
+
+
+def check_model_family(sd_model) -> None:
+    """Only SD1.x models take ELLA's 64x768 conditioning; refuse others by name before sampling."""
+    flags = {name: getattr(sd_model, name, None) for name in ("is_sd1", "is_sd2", "is_sdxl", "is_sd3", "is_ssd")}
+    other = [name[3:].upper() for name in ("is_sdxl", "is_sd2", "is_sd3", "is_ssd") if flags[name]]
+    if other or flags["is_sd1"] is False:
+        info = getattr(sd_model, "sd_checkpoint_info", None)
+        title = getattr(info, "title", None) or getattr(info, "name", None) or type(sd_model).__name__
+        family = other[0] if other else "not SD1.x"
+        raise UnsupportedModelError(
+            f"ELLA works only with SD1.x checkpoints (its TSC outputs 768-wide tokens), but the loaded model "
+            f"'{title}' is {family}. Load an SD1.5-family checkpoint or disable ELLA."
+        )
