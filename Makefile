@@ -1,5 +1,6 @@
 # make test        - the test suite (creates .venv on first run; needs only Python 3.10+ and pip)
 # make test-compat - the whole suite again under transformers 4.30.2 / tokenizers 0.13 (AUTOMATIC1111's pin)
+# make lint        - ruff (lint and format check) and mypy, from .venv
 # make bench       - CPU benchmarks; prints a table and writes bench/results/*.json
 PYTHON ?= python3
 VENV := .venv
@@ -16,12 +17,17 @@ $(COMPAT_VENV)/.installed: requirements-compat.txt
 	$(COMPAT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-compat.txt
 	touch $@
 
-.PHONY: test test-compat bench clean
+.PHONY: test test-compat lint bench clean
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests
 
 test-compat: $(COMPAT_VENV)/.installed
 	$(COMPAT_VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 $(VENV)/.bench-installed: $(VENV)/.installed bench/requirements.txt
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt

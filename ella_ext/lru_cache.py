@@ -70,9 +70,11 @@ class LRUCache:
             self._nbytes += size
             self._evict()
 
+    def _full(self) -> bool:
+        return (self.max_entries is not None and len(self._items) > self.max_entries) or self._nbytes > self.max_bytes
+
     def _evict(self) -> None:
-        too_many = (lambda: len(self._items) > self.max_entries) if self.max_entries is not None else (lambda: False)
-        while self._items and (too_many() or self._nbytes > self.max_bytes):
+        while self._items and self._full():
             key, _ = self._items.popitem(last=False)
             self._nbytes -= self._sizes.pop(key)
 

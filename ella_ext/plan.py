@@ -340,7 +340,8 @@ class JobPlan:
         """ELLA's (cond rows, uncond rows) for rows (text, t): one TSC output per row, or in Regional
         Prompter's Attention mode each region's output repeated over the region's units."""
         n = len(plan.cond_rows)
-        if self.shape.regions is None:
+        layout = self.shape.regions
+        if layout is None:
             out = self.embeddings(plan, texts, t)
             return out[:n], out[n:]
         parts = [plan.regions[text] for text in texts]
@@ -348,7 +349,7 @@ class JobPlan:
         out = self.embeddings(plan, [r for regions in parts for r in regions], t[torch.tensor(row_of, device=t.device)])
         rows, i = [], 0
         for row, regions in enumerate(parts):
-            units = self._units(row < n)
+            units = layout.cond_units if row < n else layout.uncond_units
             rows.append(torch.cat([out[i + k].repeat(units[k], 1) for k in range(len(regions))]))
             i += len(regions)
         empty = out.new_zeros((0, *out.shape[1:]))

@@ -32,7 +32,7 @@ from .tsc import TSC, load_ella
 
 log = logging.getLogger("ella")
 
-# Where ELLA says what it is doing while it takes time: the WebUI's progress text (see webui.py).
+# Where ELLA says what it is doing while it takes time: the WebUI's progress text (webui/progress.py).
 # Called with a line, or with None when ELLA's activity ends and the host's own text comes back.
 Report = Callable[[Optional[str]], None]
 

@@ -36,6 +36,8 @@ class Choice(str, Enum):
     A str subclass, so `args.mode == "ella+clip"` holds and JSON writes the canonical value.
     """
 
+    label: str
+
     def __new__(cls, value: str, label: str):
         member = str.__new__(cls, value)
         member._value_ = value
@@ -190,7 +192,7 @@ class Setting:
             return self.default
         if isinstance(self.kind, type) and issubclass(self.kind, Choice):
             try:
-                return self.kind.parse(value, self.key)
+                return self.kind.parse(value, self.key or self.name)
             except ArgumentError:
                 return self.default
         if isinstance(self.default, bool):

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import shutil
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "dpg_bench_prompts.jsonl"
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+DATA = Path(__file__).resolve().parent / "data" / "dpg_bench_prompts.jsonl.gz"
+FIXTURES = Path(__file__).resolve().parent / "data" / "reference"
 # The TSC that download and Check tests publish as the released file: real key names, about 500 KB,
 # input_dim = the tiny T5's d_model.
 RELEASED_TSC = dict(time_channel=16, time_embed_dim=32, width=64, layers=2, heads=8, num_latents=8, input_dim=32)
@@ -23,7 +24,7 @@ RELEASED_TSC = dict(time_channel=16, time_embed_dim=32, width=64, layers=2, head
 
 def dpg_prompts(limit: int | None = None) -> list[str]:
     out = []
-    with open(DATA, encoding="utf-8") as f:
+    with gzip.open(DATA, "rt", encoding="utf-8") as f:
         for line in f:
             out.append(json.loads(line)["prompt"])
             if limit is not None and len(out) >= limit:

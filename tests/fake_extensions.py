@@ -1,6 +1,6 @@
 """Stand-ins for the extensions that meet ELLA's conditioning, each doing what the real one does to
-`p` and to the conditioning (see ../shared/reference/extension_interplay.md for file:line in each
-repository). Written from that description, not from their code; the live suite runs the real ones.
+`p` and to the conditioning (docs/webui_facts.md, section "Other extensions"). Written from those
+facts, not from their code; the live suite runs the real ones.
 """
 
 from __future__ import annotations

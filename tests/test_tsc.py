@@ -241,3 +241,10 @@ def test_good_file_still_loads_after_bad_ones(tmp_path, fixtures_dir, expected):
         load_ella(tmp_path / "bad.safetensors")
     model = load_ella(fixtures_dir / "ella_small_weights.safetensors")
     assert rel_err(model(expected["case0.x"], 999.0), expected["scalar.y"]) <= TOLERANCE
+
+
+def test_module_walks_reach_every_submodule(small):
+    """nn.Module.apply (used by casting and hooking tools) works on the connector: nothing shadows it."""
+    seen = []
+    assert small.apply(lambda m: seen.append(type(m).__name__)) is small
+    assert seen.count("AdaLayerNorm") == 3 * small.config.layers and seen[-1] == "TSC"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
+from ..runtime import MemoryHooks
 from .base import Backend
 
 
@@ -21,39 +24,33 @@ class A1111(Backend):
         to_t = getattr(denoiser.inner_model, "sigma_to_t", None)
         return to_t(sigma) if to_t is not None else sigma
 
-    def memory_hooks(self):
-        return webui_memory_class()()
+    def memory_hooks(self) -> MemoryHooks:
+        return WebUIMemory()
 
 
-def webui_memory_class():
-    """MemoryHooks through the WebUI's `modules.devices` (built on first use: runtime imports torch)."""
-    import torch
+class WebUIMemory(MemoryHooks):
+    """Memory through the WebUI's `modules.devices`; --lowvram/--medvram keep T5 off the GPU between encodes."""
 
-    from ..runtime import MemoryHooks
+    def compute_device(self):
+        from modules import devices
 
-    class WebUIMemory(MemoryHooks):
-        def compute_device(self):
-            from modules import devices
+        return torch.device(devices.device)
 
-            return torch.device(devices.device)
+    def tsc_dtype(self, device):
+        from modules import devices
 
-        def tsc_dtype(self, device):
-            from modules import devices
+        # fp16 on CUDA as the authors run it, unless the user runs the WebUI in full precision
+        if device.type == "cuda" and getattr(devices, "dtype", torch.float16) != torch.float32:
+            return torch.float16
+        return torch.float32
 
-            # fp16 on CUDA as the authors run it, unless the user runs the WebUI in full precision
-            if device.type == "cuda" and getattr(devices, "dtype", torch.float16) != torch.float32:
-                return torch.float16
-            return torch.float32
+    def empty_cache(self):
+        from modules import devices
 
-        def empty_cache(self):
-            from modules import devices
+        devices.torch_gc()
 
-            devices.torch_gc()
+    def force_offload(self):
+        from modules import shared
 
-        def force_offload(self):
-            from modules import shared
-
-            opts = shared.cmd_opts
-            return bool(getattr(opts, "lowvram", False) or getattr(opts, "medvram", False))
-
-    return WebUIMemory
+        opts = shared.cmd_opts
+        return bool(getattr(opts, "lowvram", False) or getattr(opts, "medvram", False))

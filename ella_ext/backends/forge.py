@@ -6,7 +6,8 @@ import importlib
 import importlib.util
 from typing import Any
 
-from .a1111 import A1111, webui_memory_class
+from ..runtime import MemoryHooks
+from .a1111 import A1111, WebUIMemory
 from .base import forge_unet_model, unsupported
 
 
@@ -26,26 +27,26 @@ class Forge(A1111):
             raise unsupported(self, "forge_objects.unet.model has no predictor")
         return predictor.timestep(sigma)
 
-    def memory_hooks(self):
-        return forge_memory(self.memory_module)
+    def memory_hooks(self) -> MemoryHooks:
+        return ForgeMemory(self.memory_module)
 
 
-def forge_memory(module_name: str):
-    """MemoryHooks through a Forge-style memory manager: it frees room for T5 and knows the low-VRAM modes."""
+class ForgeMemory(WebUIMemory):
+    """Memory through a Forge-style memory manager: it frees room for T5 and knows the low-VRAM modes."""
 
-    class ForgeMemory(webui_memory_class()):
-        def _mm(self):
-            return importlib.import_module(module_name)
+    def __init__(self, module_name: str):
+        self.module_name = module_name
 
-        def make_room(self, nbytes, device):
-            if device.type != "cpu":
-                self._mm().free_memory(int(nbytes * 1.2), device)
+    def _mm(self):
+        return importlib.import_module(self.module_name)
 
-        def empty_cache(self):
-            self._mm().soft_empty_cache()
+    def make_room(self, nbytes, device):
+        if device.type != "cpu":
+            self._mm().free_memory(int(nbytes * 1.2), device)
 
-        def force_offload(self):
-            state = getattr(self._mm(), "vram_state", None)
-            return getattr(state, "name", "") in ("LOW_VRAM", "NO_VRAM")
+    def empty_cache(self):
+        self._mm().soft_empty_cache()
 
-    return ForgeMemory()
+    def force_offload(self):
+        state = getattr(self._mm(), "vram_state", None)
+        return getattr(state, "name", "") in ("LOW_VRAM", "NO_VRAM")

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..args import INFO_ADETAILER
-from ..logs import log
 from .base import Companion
 
 ADETAILER_NOTE = (

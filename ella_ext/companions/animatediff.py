@@ -85,7 +85,9 @@ class AnimateDiff(Companion):
         if params is None:
             return None
         inner = getattr(denoiser, "inner_model", None)
-        if inner is not None and getattr(inner, "original_forward", None) is None:
+        if inner is None:
+            return None
+        if getattr(inner, "original_forward", None) is None:
             raise IncompatibleExtensionError(
                 "AnimateDiff had not set up the sampler when ELLA's step callback ran: either its motion module did "
                 "not load (see AnimateDiff's message in the console), or its callback runs after ELLA's, which would "
@@ -93,7 +95,7 @@ class AnimateDiff(Companion):
                 "'sd-webui-animatediff' and 'sd-webui-ella' (ELLA's metadata.ini orders the callbacks by them) and "
                 "reset any custom callback order in Settings."
             )
-        forward = getattr(inner, "__dict__", {}).get("forward") if inner is not None else None
+        forward = getattr(inner, "__dict__", {}).get("forward")
         if forward is not None and not isinstance(forward, _SeparateCallsForward):
             from modules import shared
 

@@ -72,7 +72,9 @@ class RegionalPrompter(Companion):
         """The region layout for a job in RP's Attention mode, with RP cutting units of ELLA's token count until
         `restore`. `check` has refused the settings this cannot serve."""
         rp = _active_instance(job.p)
-        namespace = _attention_globals(rp) if rp is not None and _attention_mode(rp) else None
+        if rp is None or not _attention_mode(rp):
+            return
+        namespace = _attention_globals(rp)
         if namespace is None:
             return
         self._patched.setdefault(id(namespace), (namespace, namespace["TOKENSCON"]))

@@ -19,7 +19,7 @@ from ..logs import log
 from ..plan import DenoiserCall, Interrupted, JobPlan, PassSpec, PlanShape
 from ..prompt_syntax import PromptSyntax
 from .clip_text import clip_text_conds
-from .job import ELLAAbort, ELLAJob, active_job, attach, clear_job, note, own_infotext
+from .job import ELLAAbort, active_job, attach, clear_job, note, own_infotext
 from .progress import ProgressText, interrupted
 from .prompt_parser import prompt_syntax
 from .settings import api_credentials, model_roots, read_settings
