@@ -157,8 +157,8 @@ class JobPlan:
             )
         sub_prompts: list[str] = []
         cond_row_image: list[int] = []
-        for image, prompt in enumerate(spec.prompts):
-            for text, _weight in self.syntax.split_and(strip_extra_networks(prompt)):
+        for image, parts in enumerate(self.syntax.sub_prompts([strip_extra_networks(p) for p in spec.prompts])):
+            for text, _weight in parts:
                 sub_prompts.append(text)
                 cond_row_image.append(image)
         negatives = [strip_extra_networks(n) for n in spec.negative_prompts]

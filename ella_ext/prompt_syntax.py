@@ -37,7 +37,10 @@ class PromptSyntax(Protocol):
         self, prompts: Sequence[str], steps: int, hires_steps: Optional[int] = None, use_old_scheduling: bool = False
     ) -> list[Schedule]: ...
 
-    def split_and(self, prompt: str) -> list[tuple[str, float]]: ...
+    def sub_prompts(self, prompts: Sequence[str]) -> list[list[tuple[str, float]]]:
+        """Each prompt's AND sub-prompts with their weights: one call for a pass's whole batch, as the WebUI
+        makes it (extensions that extend AND keep per-batch state in that call)."""
+        ...
 
     def parse_attention(self, text: str) -> list[Segment]: ...
 
@@ -328,8 +331,8 @@ class BuiltinPromptSyntax:
                 memo[p] = prompt_schedule(p, steps, hires_steps, use_old_scheduling)
         return [memo[p] for p in prompts]
 
-    def split_and(self, prompt):
-        return split_and(prompt)
+    def sub_prompts(self, prompts):
+        return [split_and(p) for p in prompts]
 
     def parse_attention(self, text):
         return parse_attention(text)

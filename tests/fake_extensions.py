@@ -278,3 +278,44 @@ def remove_animatediff_callback() -> None:
     if FakeAnimateDiff.on_cfg_denoiser in callbacks:
         callbacks.remove(FakeAnimateDiff.on_cfg_denoiser)
     FakeAnimateDiff.active = None
+
+
+# --- Neutral Prompt -----------------------------------------------------------------------------
+
+class FakeNeutralPrompt:
+    """On by default once installed. Its hijack of `get_multicond_prompt_list` turns AND_PERP / AND_SALT into
+    plain AND sub-prompts and stores the batch's prompt trees of *that call* (a global); its hijack of the
+    denoiser's `combine_denoised` zips the stored trees with the batch, so an image without a tree keeps only
+    its uncond prediction (prompt_parser_hijack.py, cfg_denoiser_hijack.py)."""
+
+    OPERATORS = re.compile(r"\bAND_(PERP|SALT|TOPK)\b")
+
+    def __init__(self):
+        self.prompt_exprs = []  # the trees of the last call, one per prompt of that call
+        self.calls = []  # every call's prompts
+        self.combined = []  # per denoiser call: (images that got a tree, the prompts of the call they came from)
+
+    def install(self, monkeypatch):
+        from modules import sd_samplers
+
+        original = prompt_parser.get_multicond_prompt_list
+
+        def get_multicond_prompt_list(prompts):
+            prompts = list(prompts)
+            self.calls.append(prompts)
+            self.prompt_exprs = [self.OPERATORS.findall(p) or ["AND"] for p in prompts]
+            return original([self.OPERATORS.sub("AND", p) for p in prompts])
+
+        combine = sd_samplers.CFGDenoiser.combine_denoised
+
+        def combine_denoised(denoiser, x, cond_out, conds_list, unc_out, cond_scale):
+            full = combine(denoiser, x, cond_out, conds_list, unc_out, cond_scale)
+            out = unc_out.clone() if unc_out is not None else torch.zeros_like(full)
+            for i, _tree in zip(range(len(conds_list)), self.prompt_exprs):
+                out[i] = full[i]
+            self.combined.append((min(len(conds_list), len(self.prompt_exprs)), self.calls[-1]))
+            return out
+
+        monkeypatch.setattr(prompt_parser, "get_multicond_prompt_list", get_multicond_prompt_list)
+        monkeypatch.setattr(sd_samplers.CFGDenoiser, "combine_denoised", combine_denoised)
+        return self

@@ -31,6 +31,7 @@ def test_disabled_is_bit_identical_to_no_extension(webui):
 
 @pytest.mark.parametrize("backend, sampler", [
     ("a1111", "Euler"), ("a1111", "DDIM"), ("forge", "Euler"), ("forge", "DDIM"), ("reforge", "Euler"), ("reforge", "DDIM"),
+    ("forge-classic", "Euler"), ("forge-classic", "DDIM"),
 ])
 def test_unet_gets_tsc_output_for_its_own_timestep(webui, backend, sampler):
     webui.set_backend(backend)

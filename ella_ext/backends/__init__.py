@@ -1,4 +1,4 @@
-"""WebUI backends: AUTOMATIC1111, Forge and reForge, each one object (`base.Backend`).
+"""WebUI backends: AUTOMATIC1111, Forge, reForge and Forge Classic, each one object (`base.Backend`).
 
 A backend knows how to recognise its WebUI, the timestep its U-Net receives at a denoiser call, how ELLA
 takes part in its memory management, how callbacks are registered on it, and the quirks of its sampler
@@ -13,11 +13,12 @@ from __future__ import annotations
 from .a1111 import A1111
 from .base import Backend
 from .forge import Forge
+from .forge_classic import ForgeClassic
 from .reforge import ReForge
 
-# most specific first: the first whose detect() is true is the running WebUI (reForge also has modules_forge;
-# A1111 matches any WebUI)
-BACKENDS: tuple[Backend, ...] = (ReForge(), Forge(), A1111())
+# most specific first: the first whose detect() is true is the running WebUI (Forge Classic is reForge's base
+# with another callback API; reForge also has modules_forge; A1111 matches any WebUI)
+BACKENDS: tuple[Backend, ...] = (ForgeClassic(), ReForge(), Forge(), A1111())
 
 
 def detect() -> Backend:
@@ -31,4 +32,4 @@ def by_name(name: str) -> Backend:
     raise KeyError(f"unknown WebUI backend {name!r}; known: {', '.join(b.name for b in BACKENDS)}")
 
 
-__all__ = ["A1111", "BACKENDS", "Backend", "Forge", "ReForge", "by_name", "detect"]
+__all__ = ["A1111", "BACKENDS", "Backend", "Forge", "ForgeClassic", "ReForge", "by_name", "detect"]

@@ -45,7 +45,11 @@ class Backend:
                 return
             except TypeError:  # a WebUI whose add_callback takes no filename
                 pass
-        getattr(script_callbacks, f"on_{category}")(callback, name=name)
+        register = getattr(script_callbacks, f"on_{category}")
+        try:
+            register(callback, name=name)
+        except TypeError:  # a WebUI whose on_* take no name (the callback order then follows the load order)
+            register(callback)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} backend>"

@@ -135,8 +135,8 @@ class ELLAExtension:
             job.plan.shape = PlanShape()
             companions.shape_plan(view)
             spec = self.pass_spec(p)
+            clip_text_conds(job, p, spec)  # before prepare(): its sub-prompt split must be the pass's last one
             job.plan.prepare(spec)
-            clip_text_conds(job, p, spec)
             if not any(ref() is job for ref in self._open_jobs):
                 self._open_jobs.append(weakref.ref(job))
             if job.plan.truncated:

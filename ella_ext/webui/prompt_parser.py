@@ -16,9 +16,12 @@ class WebUIPromptSyntax:
         raw = self._pp.get_learned_conditioning_prompt_schedules(list(prompts), steps, hires_steps, use_old_scheduling)
         return [[(int(end), text) for end, text in s] for s in raw]
 
-    def split_and(self, prompt):
-        indexes, flat, _ = self._pp.get_multicond_prompt_list([prompt])
-        return [(flat[i], float(w)) for i, w in indexes[0]]
+    def sub_prompts(self, prompts):
+        # the WebUI's own batch-wide call: Neutral Prompt keeps its AND_PERP/AND_SALT trees per call and zips
+        # them with the batch when it combines the U-Net's outputs, so one call per image would leave the last
+        # image's tree alone
+        indexes, flat, _ = self._pp.get_multicond_prompt_list(list(prompts))
+        return [[(flat[i], float(w)) for i, w in image] for image in indexes]
 
     def parse_attention(self, text):
         return [(t, float(w)) for t, w in self._pp.parse_prompt_attention(text)]

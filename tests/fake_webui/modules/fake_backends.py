@@ -31,4 +31,7 @@ FORGE = FakeBackend("forge", expands_rows=False, unet_via_wrapper=False, pads_af
                     skips_uncond_at_cfg_1=True, repeats_hires_hook=True, timestep_source="predictor")
 REFORGE = FakeBackend("reforge", expands_rows=False, unet_via_wrapper=False, pads_after_callback=False,
                       skips_uncond_at_cfg_1=False, repeats_hires_hook=False, timestep_source="model_sampling")
-BY_NAME = {b.name: b for b in (A1111, FORGE, REFORGE)}
+# Forge Classic samples like reForge; its callback API differs (tests/test_backends.py)
+FORGE_CLASSIC = FakeBackend("forge-classic", expands_rows=False, unet_via_wrapper=False, pads_after_callback=False,
+                            skips_uncond_at_cfg_1=False, repeats_hires_hook=False, timestep_source="model_sampling")
+BY_NAME = {b.name: b for b in (A1111, FORGE, REFORGE, FORGE_CLASSIC)}

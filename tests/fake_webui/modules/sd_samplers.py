@@ -106,6 +106,16 @@ class CFGDenoiser:
             uncond = uncond[:, : cond.shape[1]]
         return cond, uncond
 
+    def combine_denoised(self, x, cond_out, conds_list, unc_out, cond_scale):
+        """The WebUI's CFG combination per image (extensions such as Neutral Prompt replace it)."""
+        denoised = torch.zeros_like(x)
+        for i, conds in enumerate(conds_list):
+            if unc_out is None:
+                denoised[i] = sum(cond_out[row] * w for row, w in conds)
+            else:
+                denoised[i] = unc_out[i] + sum((cond_out[row] - unc_out[i]) * (w * cond_scale) for row, w in conds)
+        return denoised
+
     def __call__(self, x, sigma, uncond, cond, cond_scale):
         state = shared.state
         if state.interrupted or state.skipped:
@@ -158,12 +168,7 @@ class CFGDenoiser:
             cond_out = unet(x_cond, s_cond, t_cond, tensor)
             unc_out = unet(x, s_unc, t_unc, uncond_t) if uncond_t is not None else None
 
-        denoised = torch.zeros_like(x)
-        for i, conds in enumerate(conds_list):
-            if unc_out is None:
-                denoised[i] = sum(cond_out[row] * w for row, w in conds)
-            else:
-                denoised[i] = unc_out[i] + sum((cond_out[row] - unc_out[i]) * (w * cond_scale) for row, w in conds)
+        denoised = self.combine_denoised(x, cond_out, conds_list, unc_out, cond_scale)
         self.step += 1
         state.sampling_step += 1
         return denoised
