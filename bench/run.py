@@ -141,12 +141,31 @@ def denoiser_call(step, total_steps, t, batch, device, dtype) -> DenoiserCall:
                         text_cond=zeros, text_uncond=zeros)
 
 
-def run_steps(job, plan, ts, batch, device, dtype):
+def run_steps(job, plan, ts, batch, device, dtype, each_call=None):
     outs = []
     for step, t in enumerate(ts):
-        cond, uncond = job.apply(plan, denoiser_call(step, len(ts), t, batch, device, dtype))
+        call = denoiser_call(step, len(ts), t, batch, device, dtype)
+        if each_call is not None:
+            each_call(call)
+        result = job.apply(plan, call)
+        cond, uncond = result.cond, result.uncond
         outs.append(torch.cat([cond, uncond]) if cond.shape[1] == uncond.shape[1] else (cond, uncond))
     return outs
+
+
+def forge_couple_regions(plan_job, lines, device, dtype):
+    """What the Forge Couple companion does at every denoiser call (refill each region's tensor), on its own
+    code: its regions as Forge Couple would have captured them."""
+    from types import SimpleNamespace
+
+    from ella_ext.companions.base import JobView
+    from ella_ext.companions.forge_couple import ForgeCouple, Region
+
+    companion = ForgeCouple()
+    n, width = plan_job.tsc.config.num_latents, plan_job.tsc.config.width
+    companion._regions = [Region(line, torch.zeros(1, n, width, device=device, dtype=dtype), False) for line in lines]
+    view = JobView(SimpleNamespace(is_hr_pass=False), plan_job.args, plan_job, backend=None)
+    return lambda call: companion.adapt_call(view, call)
 
 
 def reference_steps(tsc, features, prompts, negatives, ts):
@@ -250,13 +269,14 @@ def bench_prompting(table, device, dtype, results):
     ts = sigmas_to_t(steps)
     regions = ["a red cube on the left", "a blue sphere in the middle", "a green cone on the right"]
 
-    def job(prompts, negatives, layout=None, transform=None):
+    def job(prompts, negatives, layout=None, transform=None, couple=None):
         plan_job = JobPlan(ELLAArgs(enabled=True, model="m", t5="t"), tsc, features, BuiltinPromptSyntax(),
                            output_cache_bytes=256 * 2**20)
         plan_job.shape.regions = layout
         if transform is not None:
             plan_job.shape.cond_transforms.append(transform)
-        return plan_job, plan_job.prepare(PassSpec(tuple(prompts), tuple(negatives), steps))
+        each_call = forge_couple_regions(plan_job, couple, device, dtype) if couple else None
+        return plan_job, plan_job.prepare(PassSpec(tuple(prompts), tuple(negatives), steps)), each_call
 
     def blend(cond):  # two keyframes, linear weights per frame (AnimateDiff's travel, on ELLA's rows)
         r = torch.linspace(0, 1, cond.shape[0], device=cond.device, dtype=cond.dtype)[:, None, None]
@@ -264,20 +284,24 @@ def bench_prompting(table, device, dtype, results):
 
     frames = 16
     travel = [regions[0]] * (frames // 2) + [regions[1]] * (frames // 2)
+    scene = "\n".join(regions)
     cases = {
-        "3 RP regions vs 1 prompt": ((["A scene. " + " ".join(regions)], [""], None, None, 1),
-                                     ([" BREAK ".join(regions)], [""], RegionLayout((1, 1, 1), (1,)), None, 1)),
-        "16 frames, travel vs 1 prompt": (([regions[0]] * frames, [""] * frames, None, None, frames),
-                                          (travel, [""] * frames, None, blend, frames)),
+        "3 RP regions vs 1 prompt": ((["A scene. " + " ".join(regions)], [""], None, None, 1, None),
+                                     ([" BREAK ".join(regions)], [""], RegionLayout((1, 1, 1), (1,)), None, 1, None)),
+        "3 Forge Couple regions vs 1 prompt": (([scene], [""], None, None, 1, None),
+                                               ([scene], [""], None, None, 1, regions)),
+        "16 frames, travel vs 1 prompt": (([regions[0]] * frames, [""] * frames, None, None, frames, None),
+                                          (travel, [""] * frames, None, blend, frames, None)),
     }
     results["prompting"] = {}
     for name, (plain, feature) in cases.items():
         times = {"plain": [], "feature": []}
         for _ in range(4):  # interleaved; the first round is warm-up
-            for key, (pos, neg, layout, transform, batch) in (("plain", plain), ("feature", feature)):
+            for key, (pos, neg, layout, transform, batch, couple) in (("plain", plain), ("feature", feature)):
                 sync(device)
                 t0 = time.perf_counter()
-                run_steps(*job(pos, neg, layout, transform), ts, batch, device, dtype)
+                plan_job, plan, each_call = job(pos, neg, layout, transform, couple)
+                run_steps(plan_job, plan, ts, batch, device, dtype, each_call)
                 sync(device)
                 times[key].append((time.perf_counter() - t0) / steps)
         t_plain, t_feature = (statistics.median(v[1:]) for v in (times["plain"], times["feature"]))

@@ -46,6 +46,16 @@ class PassSpec:
 
 
 @dataclass
+class TextBatch:
+    """Distinct texts ready for the TSC: T5 features projected and normalised, padded into one batch."""
+
+    texts: list[str]
+    index: dict[str, int]
+    lengths: list[int]
+    prepared: PreparedText  # [len(texts), max length, width]
+
+
+@dataclass
 class PassPlan:
     spec: PassSpec
     cond_rows: list[Schedule]  # per cond row: [(end_at_step, text)]
@@ -105,6 +115,8 @@ class PlanShape:
     regions: Optional[RegionLayout] = None
     # applied to ELLA's cond rows at every call, in order (e.g. AnimateDiff's keyframe blending)
     cond_transforms: list[Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=list)
+    # texts a companion conditions outside the rows (Forge Couple's regions), encoded with the pass's prompts
+    side_texts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -142,6 +154,7 @@ class JobPlan:
         self.shape = PlanShape()
         self.stats = JobStats()
         self._passes: dict[PassSpec, PassPlan] = {}
+        self._side_batches: dict[tuple[str, ...], TextBatch] = {}
         self._encoded: dict[str, EncodedPrompt] = {}
 
     # --- before sampling ----------------------------------------------------------------------
@@ -172,19 +185,7 @@ class JobPlan:
                 for _, text in schedule:
                     regions[text] = self._split_regions(text, units, spec.name)
         texts = list(dict.fromkeys(region for parts in regions.values() for region in parts))
-        new = [text for text in texts if text not in self._encoded]
-        try:
-            for number, text in enumerate(new, 1):
-                if self.interrupted():
-                    raise Interrupted("ELLA: interrupted while encoding prompts.")
-                what = f"prompt {number} of {len(new)}" if len(new) > 1 else "the prompt"
-                with self.activity(f"ELLA: encoding {what} with T5 for the {spec.name}"):
-                    enc = self.prompt_encoder.encode(text)
-                self._encoded[text] = enc
-                self.stats.texts_encoded += 1
-                self.stats.truncated_prompts += int(enc.truncated)
-        finally:
-            self.after_encode()
+        self._encode(texts + self.shape.side_texts, spec.name)
         prepared, lengths = self._prepare_text(texts)
         plan = PassPlan(
             spec=spec,
@@ -199,6 +200,36 @@ class JobPlan:
         )
         self._passes[spec] = plan
         return plan
+
+    def _encode(self, texts: Sequence[str], pass_name: str) -> None:
+        """T5 features for each text not encoded in this job yet."""
+        new = [text for text in dict.fromkeys(texts) if text not in self._encoded]
+        if not new:
+            return
+        try:
+            for number, text in enumerate(new, 1):
+                if self.interrupted():
+                    raise Interrupted("ELLA: interrupted while encoding prompts.")
+                what = f"prompt {number} of {len(new)}" if len(new) > 1 else "the prompt"
+                with self.activity(f"ELLA: encoding {what} with T5 for the {pass_name}"):
+                    enc = self.prompt_encoder.encode(text)
+                self._encoded[text] = enc
+                self.stats.texts_encoded += 1
+                self.stats.truncated_prompts += int(enc.truncated)
+        finally:
+            self.after_encode()
+
+    def side_batch(self, texts: Sequence[str], pass_name: str) -> TextBatch:
+        """Texts a companion conditions outside the rows, ready for `embeddings` (encoded here if a companion met
+        them only after this pass was prepared)."""
+        key = tuple(dict.fromkeys(texts))
+        batch = self._side_batches.get(key)
+        if batch is None:
+            self._encode(key, pass_name)
+            prepared, lengths = self._prepare_text(key)
+            batch = TextBatch(list(key), {t: i for i, t in enumerate(key)}, lengths, prepared)
+            self._side_batches[key] = batch
+        return batch
 
     def _units(self, cond: bool) -> Optional[tuple[int, ...]]:
         regions = self.shape.regions
@@ -248,7 +279,7 @@ class JobPlan:
         fraction = step / max(total_steps, 1)
         return self.args.start <= fraction <= self.args.end
 
-    def embeddings(self, plan: PassPlan, texts: Sequence[str], timesteps: torch.Tensor) -> torch.Tensor:
+    def embeddings(self, plan: PassPlan | TextBatch, texts: Sequence[str], timesteps: torch.Tensor) -> torch.Tensor:
         """TSC outputs [len(texts), num_latents, width] for rows (text, t); each distinct pair computed once per job."""
         t_values = [float(v) for v in timesteps.detach().float().cpu().tolist()]
         pairs = list(zip(texts, t_values))

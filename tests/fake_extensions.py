@@ -319,3 +319,126 @@ class FakeNeutralPrompt:
         monkeypatch.setattr(prompt_parser, "get_multicond_prompt_list", get_multicond_prompt_list)
         monkeypatch.setattr(sd_samplers.CFGDenoiser, "combine_denoised", combine_denoised)
         return self
+
+
+# --- Forge Couple (Forge) -----------------------------------------------------------------------
+
+def forge_couple_library():
+    """Forge Couple's `lib_couple.mapping`: `text2cond` CLIP-encodes one line (mapping.py:15-25) and the mapping
+    functions look it up as a module global for every line (mapping.py:44-45)."""
+    import sys
+    import types
+
+    if "lib_couple.mapping" in sys.modules:
+        return sys.modules["lib_couple.mapping"]
+    package = types.ModuleType("lib_couple")
+    package.__path__ = []
+    mapping = types.ModuleType("lib_couple.mapping")
+
+    def text2cond(sd_model, texts):
+        cond = sd_model.get_learned_conditioning(texts)
+        return [[torch.stack(cond) if isinstance(cond, list) else cond]]
+
+    def basic_mapping(sd_model, couples, width, height):
+        """One horizontal tile per line, the first line's tile at the left (mapping.py basic_mapping)."""
+        fc_args, tile = {}, (width - 1) // len(couples) + 1
+        for i, line in enumerate(couples):
+            fc_args[f"cond_{i + 1}"] = mapping.text2cond(sd_model, prompt_parser.SdConditioning([line]))
+            mask = torch.zeros((height, width))
+            mask[:, i * tile:(i + 1) * tile] = 1.0
+            fc_args[f"mask_{i + 1}"] = mask.unsqueeze(0)
+        return fc_args
+
+    mapping.text2cond = text2cond
+    mapping.basic_mapping = basic_mapping
+    package.mapping = mapping
+    sys.modules["lib_couple"], sys.modules["lib_couple.mapping"] = package, mapping
+    return mapping
+
+
+class FakeForgeCouple(FakeAlwaysOn):
+    """Per batch it splits the first image's prompt into lines (forge_couple.py:160-235, after extra networks);
+    before every sampling (not ADetailer's inner passes, not hires with its compatibility switch) it encodes
+    each line through `text2cond`, captures the tensors on the WebUI's device and dtype
+    (attention_couple.py:35-39) and patches the U-Net; the whole prompt's cond gets weight 0. The fake patch
+    records, at each U-Net call, what each captured region tensor holds."""
+
+    TITLE = "Forge Couple"
+    DEFAULTS = (False, False)
+
+    def process_batch(self, p, enable=False, disable_hr=False, **kwargs):
+        self.couples, self.valid, self.is_hr = None, False, False
+        self.calls = []
+        if enable:
+            self.couples = [line.strip() for line in p.prompts[0].split("\n")]
+            self.valid = True
+
+    def before_hr(self, p, *args):
+        self.is_hr = True
+
+    def process_before_every_sampling(self, p, enable=False, disable_hr=False, **kwargs):
+        if not enable or not self.couples or not self.valid or getattr(p, "_ad_inner", False):
+            return
+        if disable_hr and self.is_hr:
+            return
+        from modules import devices
+
+        fc_args = forge_couple_library().basic_mapping(p.sd_model, self.couples, p.width, p.height)
+        conds = [fc_args[f"cond_{i + 1}"][0][0].to(device=devices.device, dtype=devices.dtype)
+                 for i in range(len(self.couples))]
+        model, unet = p.sd_model, type(p.sd_model).apply_model.__get__(p.sd_model)
+        calls, hires = self.calls, self.is_hr
+
+        def patched(x, t, context):
+            calls.append({"t": t.detach().clone(), "regions": [c.detach().clone() for c in conds], "hires": hires})
+            return unet(x, t, context)
+
+        model.apply_model = patched
+
+    def postprocess(self, p, processed, *args):
+        p.sd_model.__dict__.pop("apply_model", None)
+
+
+# --- Cutoff (A1111) and NegPiP ------------------------------------------------------------------
+
+class FakeCutoff(FakeAlwaysOn):
+    """Its process() makes a hook (`last_hooker`) on the CLIP model that rewrites CLIP's output for prompts with
+    its target words (cutoff.py:225-267; sdhook.py). The fake shifts those outputs by CUTOFF_SHIFT."""
+
+    TITLE = "Cutoff"
+    DEFAULTS = (False, "")
+    SHIFT = 0.5
+
+    def process(self, p, enabled=False, targets=""):
+        self.last_hooker = None
+        words = [w.strip() for w in str(targets).split(",") if w.strip()]
+        if not enabled or not words:
+            return
+        model = p.sd_model
+        encode = type(model).get_learned_conditioning.__get__(model)
+
+        def hooked(texts):
+            return [c + self.SHIFT if any(w in str(text) for w in words) else c for c, text in zip(encode(texts), texts)]
+
+        model.get_learned_conditioning = hooked
+        self.last_hooker = hooked
+
+    def postprocess(self, p, processed, *args):
+        p.sd_model.__dict__.pop("get_learned_conditioning", None)
+
+
+class FakeNegPiP(FakeAlwaysOn):
+    """Per batch, when a prompt has a negative weight `(word:-w)`, it takes those parts out of `p.prompts` and
+    sets `active` (negpip.py:128-305); it then finds the cond rows in its attention hook (not faked here)."""
+
+    TITLE = "NegPiP"
+    DEFAULTS = (False,)
+    NEGATIVE = re.compile(r"\(([^:()]+):\s*-[\d.]+\)")
+
+    def process_batch(self, p, active=False, **kwargs):
+        self.active = False
+        if not active or not any(self.NEGATIVE.search(prompt) for prompt in p.prompts):
+            return
+        self.removed = [m for prompt in p.prompts for m in self.NEGATIVE.findall(prompt)]
+        p.prompts = [self.NEGATIVE.sub("", prompt) for prompt in p.prompts]
+        self.active = True

@@ -15,6 +15,9 @@ from .adetailer import ADetailer
 from .animatediff import AnimateDiff
 from .base import Companion, Finish, JobView
 from .controlnet import ControlNetMarkers
+from .cutoff import Cutoff
+from .forge_couple import ForgeCouple
+from .negpip import NegPiP
 from .padding import PaddingOption
 from .regional_prompter import RegionalPrompter
 from .tiled_diffusion import TiledDiffusion
@@ -24,10 +27,18 @@ COMPANIONS: tuple[Companion, ...] = (
     ControlNetMarkers(),
     PaddingOption(),
     RegionalPrompter(),
+    ForgeCouple(),
     TiledDiffusion(),
     AnimateDiff(),
     ADetailer(),
+    Cutoff(),
+    NegPiP(),
 )
+
+
+def before_sample(job: JobView) -> None:
+    for companion in COMPANIONS:
+        companion.before_sample(job)
 
 
 def check(job: JobView) -> None:
@@ -68,5 +79,5 @@ def restore() -> None:
         companion.restore()
 
 
-__all__ = ["COMPANIONS", "Companion", "JobView", "adapt_call", "check", "finish_call", "outside_job", "restore",
+__all__ = ["COMPANIONS", "Companion", "JobView", "adapt_call", "before_sample", "check", "finish_call", "outside_job", "restore",
            "shape_plan"]

@@ -26,10 +26,17 @@ class JobView:
     plan: JobPlan
     backend: Any  # ella_ext.backends.Backend
     denoiser: Any = None  # at a denoiser call: the WebUI's CFG denoiser
+    # note(key, value, message): record something on this job's images (infotext) and in the UI's comments
+    note: Callable[[str, Any, str], None] = lambda key, value, message: None
 
 
 class Companion:
     name = ""  # the extension or WebUI feature as users know it
+
+    def before_sample(self, job: JobView) -> None:
+        """When `p.sample` starts (once per batch; every pass's process_before_every_sampling runs inside it, the
+        other extension's before or after ELLA's): process-wide changes the other extension's passes need, undone
+        by `restore`."""
 
     def check(self, job: JobView) -> Optional[str]:
         """Before sampling, after every script's process() (their settings for this job are known): why this

@@ -8,6 +8,7 @@ postprocess                    the job's state cleared, T5 parked as the setting
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Any, Callable, Optional, Sequence
 
@@ -119,8 +120,17 @@ class ELLAExtension:
                 activity=self.runtime.activity,
             )
             p.extra_generation_params.update(args.infotext(self.runtime.model_hash(ella_path)))
+            job.on_sample = functools.partial(self._sample_starts, job)
         except Exception as exc:
             job.fail(exc)
+
+    def _sample_starts(self, job) -> None:
+        p = job.owner()
+        if p is not None and job.plan is not None and job.error is None:
+            companions.before_sample(self._view(p, job))
+
+    def _view(self, p, job, denoiser=None) -> companions.JobView:
+        return companions.JobView(p, job.args, job.plan, self.backend, denoiser, functools.partial(note, p))
 
     def before_sampling(self, p) -> None:
         """process_before_every_sampling: the companions check the job and shape its plan; this pass's prompts
@@ -130,7 +140,7 @@ class ELLAExtension:
             return
         try:
             check_model_family(p.sd_model)
-            view = companions.JobView(p, job.args, job.plan, self.backend)
+            view = self._view(p, job)
             companions.check(view)  # every script's process() has run: their settings are known
             job.plan.shape = PlanShape()
             companions.shape_plan(view)
@@ -180,7 +190,7 @@ class ELLAExtension:
                 clip_cond=clip_cond,
                 clip_uncond=clip_uncond,
             )
-            view = companions.JobView(p, job.args, job.plan, self.backend, denoiser)
+            view = self._view(p, job, denoiser)
             finishes = companions.adapt_call(view, call)
             result = companions.finish_call(finishes, job.plan.apply(plan, call))
             params.text_cond, params.text_uncond = result.cond, result.uncond

@@ -43,6 +43,7 @@ class ELLAJob:
     plan: Optional[JobPlan] = None
     error: Optional[ELLAError] = None
     clip_texts: dict[PassSpec, Any] = field(default_factory=dict)  # ClipTextConds per pass
+    on_sample: Optional[Callable[[], None]] = None  # run by the guard when p.sample starts
 
     def fail(self, exc: BaseException) -> ELLAError:
         if self.error is None:
@@ -66,6 +67,11 @@ class SampleGuard:
         if self.job.error is not None:
             raise self.job.error
         try:
+            if self.job.on_sample is not None:
+                try:
+                    self.job.on_sample()
+                except Exception as exc:
+                    raise self.job.fail(exc) from None
             return self.original(*args, **kwargs)
         except ELLAAbort:
             raise self.job.error or ELLAError("ELLA stopped the job.") from None

@@ -27,11 +27,29 @@ def call(path, payload=None, timeout=600):
             return e.code, {"raw": body.decode(errors="replace")}
 
 
+def restoring_options(path, payload):
+    """call(), then put back every option the payload's override_settings changed: A1111 restores afterwards only
+    the options its config file already held, so an override would otherwise stay for every later test."""
+    overrides = payload.get("override_settings") or {}
+    if not overrides:
+        return call(path, payload)
+    status, before = call("/sdapi/v1/options")
+    assert status == 200, before
+    try:
+        return call(path, payload)
+    finally:
+        status, after = call("/sdapi/v1/options")
+        changed = {k: before.get(k) for k in overrides if after.get(k) != before.get(k)}
+        if changed:
+            status, body = call("/sdapi/v1/options", changed)
+            assert status == 200, body
+
+
 def txt2img(**kw):
     payload = {"prompt": "a red cube on a glossy table", "negative_prompt": "", "steps": 3, "width": 64, "height": 64,
                "seed": 11, "sampler_name": "Euler", "cfg_scale": 7}
     payload.update(kw)
-    return call("/sdapi/v1/txt2img", payload)
+    return restoring_options("/sdapi/v1/txt2img", payload)
 
 
 def ella(**kw):

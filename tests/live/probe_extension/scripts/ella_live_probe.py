@@ -15,6 +15,7 @@ With Regional Prompter in Attention mode, its attention function is wrapped too:
 cross-attention layer it runs, each region's call is recorded as {"module": "rp_region",
 "unet_call": index of the U-Net call, "context": what that region's attention got, "x": the
 layer's input, "out": its output}, and the layer's weights once as {"module": "rp_weights", ...}.
+With Forge Couple (Forge), the keys its attention patch hands each region are recorded ("couple_keys").
 """
 
 import gc
@@ -86,6 +87,7 @@ class ProbeScript(scripts.Script):
         _hook(unet_of(p.sd_model), "unet")
         hook_control_models()
         hook_regional_prompter(p)
+        hook_forge_couple(p)
 
 
 FIRST_LAYER = {}
@@ -117,6 +119,29 @@ def hook_regional_prompter(p):
 
     main_forward.probe = True
     namespace["main_forward"] = main_forward
+
+
+def hook_forge_couple(p):
+    """Forge Couple's attention patch (Forge) returns, per cond chunk, the keys' context for the whole prompt and
+    then for each region: record them at the first cross-attention layer of each U-Net call, as
+    {"module": "couple_keys", "unet_call", "keys": [chunks, tokens, width], "cond_or_uncond"}."""
+    unet = getattr(getattr(p.sd_model, "forge_objects", None), "unet", None)
+    options = getattr(unet, "model_options", None) or {}
+    patches = options.get("transformer_options", {}).get("patches", {}).get("attn2_patch")
+    for i, patch in enumerate(patches or ()):
+        if getattr(patch, "probe", False):
+            continue
+
+        def recorded(q, k, v, extra_options, _patch=patch):
+            qs, ks, vs = _patch(q, k, v, extra_options)
+            call = sum(r["module"] == "unet" for r in RECORDS) - 1
+            if not any(r["module"] == "couple_keys" and r["unet_call"] == call for r in RECORDS):
+                RECORDS.append({"module": "couple_keys", "unet_call": call, "keys": ks.detach().float().cpu().clone(),
+                                "cond_or_uncond": list(extra_options.get("cond_or_uncond", []))})
+            return qs, ks, vs
+
+        recorded.probe = True
+        patches[i] = recorded
 
 
 def routes(_demo, app):
