@@ -280,6 +280,77 @@ def remove_animatediff_callback() -> None:
     FakeAnimateDiff.active = None
 
 
+# --- Agent Scheduler (job queue) ------------------------------------------------------------------
+
+def agent_scheduler_args_to_list(script, named_args):
+    """How its queue API turns a script's `args` into the positional list the WebUI's API replays: a list
+    as it is; a dict by the names of `script.process`'s parameters after `self, p` (missing names: None),
+    plus the value under the name of its `*args` parameter, if it has one (task_helpers.py)."""
+    import inspect
+
+    if isinstance(named_args, list):
+        return named_args
+    spec = inspect.getfullargspec(script.process)
+    names = spec.args[2:]
+    args = [named_args.get(name) for name in names]
+    if spec.varargs is not None:
+        args.extend(named_args.get(spec.varargs, []))
+    return args
+
+
+class FakeAgentScheduler:
+    """Its modules `agent_scheduler.task_runner` (`TaskRunner.instance`, `current_task_id`, the
+    `task_finished` callbacks) and `agent_scheduler.db` (`task_manager`). A UI-queued task runs through the
+    WebUI's gradio wrapper, which turns an exception into an HTML error line; Agent Scheduler keeps only the
+    wrapper's second output (the generation info, '' after an error) as the result of a FAILED task, then
+    runs its callbacks with `status` and `task` (task_runner.py)."""
+
+    FAILED, DONE = "failed", "done"
+
+    def __init__(self):
+        self.script_callbacks = {"task_finished": []}
+        self.current_task_id = None
+        self.updates = []  # (task id, status, result) of every task_manager.update_task
+        self.console = []  # the wrapper's error lines
+
+    def on_task_finished(self, callback):
+        self.script_callbacks["task_finished"].append(callback)
+
+    def update_task(self, task):
+        self.updates.append((task.id, task.status, task.result))
+
+    def install(self, monkeypatch):
+        import sys
+        from types import ModuleType
+
+        task_runner, db = ModuleType("agent_scheduler.task_runner"), ModuleType("agent_scheduler.db")
+        task_runner.TaskRunner = SimpleNamespace(instance=self)
+        db.task_manager = self
+        monkeypatch.setitem(sys.modules, "agent_scheduler.task_runner", task_runner)
+        monkeypatch.setitem(sys.modules, "agent_scheduler.db", db)
+        return self
+
+    def run_ui_task(self, task_id, job):
+        """`job()` runs the queued generation; returns the task as Agent Scheduler stored it."""
+        task = SimpleNamespace(id=task_id, status="running", result=None)
+        self.current_task_id = task_id
+        try:
+            info = job()
+            outputs = (None, info, "")
+        except Exception as e:  # the gradio wrapper
+            self.console.append(f"{type(e).__name__}: {e}")
+            outputs = (None, "", f"<div class='error'>{type(e).__name__}: {e}</div>")
+        finally:
+            self.current_task_id = None
+        res = outputs[1]
+        task.status = self.DONE if res else self.FAILED
+        task.result = res if res else None
+        self.update_task(task)
+        for callback in self.script_callbacks["task_finished"]:
+            callback(task_id, is_img2img=False, is_ui=True, status=task.status, task=task)
+        return task
+
+
 # --- Neutral Prompt -----------------------------------------------------------------------------
 
 class FakeNeutralPrompt:

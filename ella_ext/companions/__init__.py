@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..errors import IncompatibleExtensionError
+from ..logs import log
 from ..plan import CallResult, DenoiserCall
 from .adetailer import ADetailer
+from .agent_scheduler import AgentScheduler
 from .animatediff import AnimateDiff
 from .base import Companion, Finish, JobView
 from .controlnet import ControlNetMarkers
@@ -27,6 +29,7 @@ COMPANIONS: tuple[Companion, ...] = (
     TiledDiffusion(),
     AnimateDiff(),
     ADetailer(),
+    AgentScheduler(),
 )
 
 
@@ -63,10 +66,18 @@ def outside_job(p: Any, note: Callable[[str, Any, str], None]) -> None:
         companion.outside_job(p, note)
 
 
+def job_failed(p: Any, reason: str) -> None:
+    for companion in COMPANIONS:
+        try:
+            companion.job_failed(p, reason)
+        except Exception as exc:  # reporting a failure must not hide it
+            log.warning("ELLA: could not pass the job's error to %s: %s", companion.name, exc)
+
+
 def restore() -> None:
     for companion in COMPANIONS:
         companion.restore()
 
 
-__all__ = ["COMPANIONS", "Companion", "JobView", "adapt_call", "check", "finish_call", "outside_job", "restore",
-           "shape_plan"]
+__all__ = ["COMPANIONS", "Companion", "JobView", "adapt_call", "check", "finish_call", "job_failed", "outside_job",
+           "restore", "shape_plan"]
