@@ -3,10 +3,9 @@ reaches ELLA, and a UI-queued task that ELLA stops records ELLA's reason."""
 
 import inspect
 
+import fake_extensions
 import pytest
 import torch
-
-import fake_extensions
 import webui_env
 from webui_env import MODEL_NAME, T5_NAME, payload
 
@@ -38,12 +37,27 @@ def test_process_takes_ellas_arguments_by_name_in_their_positional_order(webui):
 def test_every_queue_api_form_reaches_ella(webui, form):
     model = webui.model()
     named = {"enabled": True, "model": MODEL_NAME, "t5": T5_NAME, "mode": "ella+clip", "start": 0.25}
-    args = {"dict": named, "dict in a list": [named],
-            "positional": [True, MODEL_NAME, T5_NAME, "Flexible", "ELLA + CLIP", "ELLA", 0.25]}[form]
+    args = {
+        "dict": named,
+        "dict in a list": [named],
+        "positional": [True, MODEL_NAME, T5_NAME, "Flexible", "ELLA + CLIP", "ELLA", 0.25],
+    }[form]
     if form == "dict":
         # the names are mapped onto ELLA's positional slots; the ones left out are None (their defaults)
         assert fake_extensions.agent_scheduler_args_to_list(ella_script(webui), args) == [
-            True, MODEL_NAME, T5_NAME, None, "ella+clip", None, 0.25, None, None, None, None, None]
+            True,
+            MODEL_NAME,
+            T5_NAME,
+            None,
+            "ella+clip",
+            None,
+            0.25,
+            None,
+            None,
+            None,
+            None,
+            None,
+        ]
     status, body = webui_env.run(webui, queued(webui, args))
     assert status == 200, body
     info = body["infotexts"][0]
@@ -80,8 +94,9 @@ def new_p(webui, script_args_for_ella):
 
     runner = webui.api().runners[False]
     args = webui.api().init_script_args(runner, {"alwayson_scripts": {"ELLA": {"args": script_args_for_ella}}})
-    return processing.StableDiffusionProcessingTxt2Img(**payload(PROMPT), sd_model=shared.sd_model, scripts=runner,
-                                                       script_args=args)
+    return processing.StableDiffusionProcessingTxt2Img(
+        **payload(PROMPT), sd_model=shared.sd_model, scripts=runner, script_args=args
+    )
 
 
 def test_ui_queued_task_that_ella_stops_records_ellas_reason(webui, monkeypatch):
