@@ -351,6 +351,31 @@ class FakeAgentScheduler:
         return task
 
 
+# --- TensorRT U-Net engines (Stable-Diffusion-WebUI-TensorRT) --------------------------------------
+
+class FakeTrtUnet:
+    """A TensorRT engine as `sd_unet.current_unet`: `configs` (one per profile: `config.profile` with the
+    (min, opt, max) shapes of each input), `profile_idx` (the profile its process() picked for the pass) and
+    `option.label`. Its forward runs the engine, which fails with "ERROR: inference failed." for a context
+    outside the profile (utilities.py: the shape error is only logged, then execution fails)."""
+
+    def __init__(self, tokens, name="v1-5-pruned", batch=(2, 2, 8)):
+        low, opt, high = tokens
+        profile = {"encoder_hidden_states": [(batch[0], low, 768), (batch[1], opt, 768), (batch[2], high, 768)]}
+        self.configs = [{"config": SimpleNamespace(profile=profile, static_shapes=low == high), "filepath": f"{name}.trt"}]
+        self.profile_idx = 0
+        self.model_name = name
+        self.option = SimpleNamespace(label=f"[TRT] {name}")
+        self.calls = []  # context tokens of every call it ran
+
+    def forward(self, x, timesteps, context, *args, **kwargs):
+        low, high = self.configs[self.profile_idx]["config"].profile["encoder_hidden_states"][0::2]
+        if not low[1] <= context.shape[1] <= high[1]:
+            raise ValueError("ERROR: inference failed.")
+        self.calls.append(int(context.shape[1]))
+        return x
+
+
 # --- Neutral Prompt -----------------------------------------------------------------------------
 
 class FakeNeutralPrompt:

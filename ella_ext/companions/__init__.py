@@ -19,10 +19,12 @@ from .base import Companion, Finish, JobView
 from .controlnet import ControlNetMarkers
 from .padding import PaddingOption
 from .regional_prompter import RegionalPrompter
+from .tensorrt import TensorRT
 from .tiled_diffusion import TiledDiffusion
 
 # the order of adapt_call (finishes run in reverse): ControlNet's markers come off first and go back on last
 COMPANIONS: tuple[Companion, ...] = (
+    TensorRT(),  # first: its finish runs last and sees the lengths the U-Net gets
     ControlNetMarkers(),
     PaddingOption(),
     RegionalPrompter(),
