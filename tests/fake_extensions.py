@@ -376,6 +376,64 @@ class FakeTrtUnet:
         return x
 
 
+# --- Prompt Fusion ----------------------------------------------------------------------------------
+
+class FakePromptFusion:
+    """Its option `prompt_fusion_enabled` (on by default) and the two modules of its parser ELLA asks:
+    `lib_prompt_fusion.prompt_parser.parse_prompt(text).extend_tensor(builder, ...)` lists in
+    `lib_prompt_fusion.interpolation_tensor.InterpolationTensorBuilder().get_prompt_database()` the prompts
+    it CLIP-encodes: one per alternative of an interpolation `[a:b: 2, 8]`; an attention interpolation
+    `(word: 1, 2)` becomes one prompt of per-step weights; the WebUI's own syntax is passed on, re-spelled
+    (spaces collapsed, `.5` as `0.5`)."""
+
+    INTERPOLATION = re.compile(r"\[([^\[\]]*?):\s*([-+\d.\s]*(?:,[-+\d.\s]*)+)(?::\s*\w+)?\s*\]")
+    ATTENTION = re.compile(r"\(([^():]*):\s*([\d.]+)\s*,\s*([\d.]+)\s*\)")
+
+    class Builder:
+        def __init__(self):
+            self.database = [""]
+
+        def get_prompt_database(self):
+            return self.database
+
+    class Expression:
+        def __init__(self, text):
+            self.text = text
+
+        def extend_tensor(self, builder, step_range, total_steps, context, is_hires, use_old_scheduling):
+            text = " ".join(self.text.split())
+            text = re.sub(r"(?<![\d.])\.(\d)", r"0.\1", text)
+            text = FakePromptFusion.ATTENTION.sub(
+                lambda m: f"[({m.group(1)}:{m.group(2)})::{total_steps // 2}][({m.group(1)}:{m.group(3)}):{total_steps // 2}]",
+                text)
+            prompts = [text]
+            while True:
+                match = FakePromptFusion.INTERPOLATION.search(prompts[0])
+                if match is None:
+                    break
+                alternatives = match.group(1).split(":")
+                prompts = [p[:match.start()] + alt.strip() + p[match.end():] for p in prompts for alt in alternatives]
+            builder.database = [" ".join(p.split()) for p in prompts]
+
+    def install(self, monkeypatch, enabled=True):
+        import sys
+        from types import ModuleType
+
+        parser, tensor = ModuleType("lib_prompt_fusion.prompt_parser"), ModuleType("lib_prompt_fusion.interpolation_tensor")
+        parser.parse_prompt = FakePromptFusion.Expression
+        tensor.InterpolationTensorBuilder = FakePromptFusion.Builder
+        monkeypatch.setitem(sys.modules, "lib_prompt_fusion.prompt_parser", parser)
+        monkeypatch.setitem(sys.modules, "lib_prompt_fusion.interpolation_tensor", tensor)
+        monkeypatch.setitem(shared.opts.data, "prompt_fusion_enabled", enabled)
+        return self
+
+    @staticmethod
+    def prompts(text, steps=20):
+        builder = FakePromptFusion.Builder()
+        FakePromptFusion.Expression(text).extend_tensor(builder, (0, steps), steps, {}, False, False)
+        return builder.get_prompt_database()
+
+
 # --- Neutral Prompt -----------------------------------------------------------------------------
 
 class FakeNeutralPrompt:

@@ -18,6 +18,7 @@ from .animatediff import AnimateDiff
 from .base import Companion, Finish, JobView
 from .controlnet import ControlNetMarkers
 from .padding import PaddingOption
+from .prompt_fusion import PromptFusion
 from .regional_prompter import RegionalPrompter
 from .tensorrt import TensorRT
 from .tiled_diffusion import TiledDiffusion
@@ -32,6 +33,7 @@ COMPANIONS: tuple[Companion, ...] = (
     AnimateDiff(),
     ADetailer(),
     AgentScheduler(),
+    PromptFusion(),
 )
 
 
