@@ -143,3 +143,18 @@ def test_failed_task_with_a_result_of_its_own_is_left_alone(webui, monkeypatch):
     for callback in scheduler.script_callbacks["task_finished"]:
         callback("task-4", status="failed", task=task)
     assert task.result == "ArgumentError: kept" and scheduler.updates == []
+
+
+def test_a_companion_failing_to_pass_the_reason_on_does_not_hide_it(webui, monkeypatch):
+    from ella_ext import companions
+    from ella_ext.companions.base import Companion
+
+    class Broken(Companion):
+        name = "Broken"
+
+        def job_failed(self, p, reason):
+            raise RuntimeError("cannot record")
+
+    monkeypatch.setattr(companions, "COMPANIONS", (Broken(), *companions.COMPANIONS))
+    status, body = webui_env.run(webui, queued(webui, {"enabled": True, "model": MODEL_NAME, "mode": "sometimes"}))
+    assert status == 422 and "mode" in body["errors"]
