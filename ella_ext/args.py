@@ -10,6 +10,7 @@ accepted values.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -124,6 +125,17 @@ class ELLAArgs:
     @classmethod
     def field_names(cls) -> list[str]:
         return [row.name for row in ARGS]
+
+    @classmethod
+    def script_signature(cls, *leading: str) -> inspect.Signature:
+        """`(leading..., enabled=None, model=None, ...)`: the script hooks' parameters as named ones, in the
+        positional order. The hooks take `*args`; job queues that turn a dict of named script arguments into
+        the positional list by the hook's signature (Agent Scheduler) read this one. None is each argument's
+        default, as in a positional slot."""
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        params = [inspect.Parameter(name, kind) for name in leading]
+        params += [inspect.Parameter(name, kind, default=None) for name in cls.field_names()]
+        return inspect.Signature(params)
 
     # --- construction -------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from modules import scripts
 
+from ella_ext.args import ELLAArgs
 from ella_ext.webui import ui
 from ella_ext.webui.extension import ELLAExtension
 from ella_ext.webui.settings import register_settings
@@ -30,6 +31,10 @@ class ELLAScript(scripts.Script):
 
     def postprocess(self, p, processed, *args):
         EXTENSION.postprocess(p)
+
+
+# named parameters in ELLAArgs' order, for extensions that map named script args by process()'s signature
+ELLAScript.process.__signature__ = ELLAArgs.script_signature("self", "p")
 
 
 def _register(category, callback, name=None):

@@ -280,6 +280,160 @@ def remove_animatediff_callback() -> None:
     FakeAnimateDiff.active = None
 
 
+# --- Agent Scheduler (job queue) ------------------------------------------------------------------
+
+def agent_scheduler_args_to_list(script, named_args):
+    """How its queue API turns a script's `args` into the positional list the WebUI's API replays: a list
+    as it is; a dict by the names of `script.process`'s parameters after `self, p` (missing names: None),
+    plus the value under the name of its `*args` parameter, if it has one (task_helpers.py)."""
+    import inspect
+
+    if isinstance(named_args, list):
+        return named_args
+    spec = inspect.getfullargspec(script.process)
+    names = spec.args[2:]
+    args = [named_args.get(name) for name in names]
+    if spec.varargs is not None:
+        args.extend(named_args.get(spec.varargs, []))
+    return args
+
+
+class FakeAgentScheduler:
+    """Its modules `agent_scheduler.task_runner` (`TaskRunner.instance`, `current_task_id`, the
+    `task_finished` callbacks) and `agent_scheduler.db` (`task_manager`). A UI-queued task runs through the
+    WebUI's gradio wrapper, which turns an exception into an HTML error line; Agent Scheduler keeps only the
+    wrapper's second output (the generation info, '' after an error) as the result of a FAILED task, then
+    runs its callbacks with `status` and `task` (task_runner.py)."""
+
+    FAILED, DONE = "failed", "done"
+
+    def __init__(self):
+        self.script_callbacks = {"task_finished": []}
+        self.current_task_id = None
+        self.updates = []  # (task id, status, result) of every task_manager.update_task
+        self.console = []  # the wrapper's error lines
+
+    def on_task_finished(self, callback):
+        self.script_callbacks["task_finished"].append(callback)
+
+    def update_task(self, task):
+        self.updates.append((task.id, task.status, task.result))
+
+    def install(self, monkeypatch):
+        import sys
+        from types import ModuleType
+
+        task_runner, db = ModuleType("agent_scheduler.task_runner"), ModuleType("agent_scheduler.db")
+        task_runner.TaskRunner = SimpleNamespace(instance=self)
+        db.task_manager = self
+        monkeypatch.setitem(sys.modules, "agent_scheduler.task_runner", task_runner)
+        monkeypatch.setitem(sys.modules, "agent_scheduler.db", db)
+        return self
+
+    def run_ui_task(self, task_id, job):
+        """`job()` runs the queued generation; returns the task as Agent Scheduler stored it."""
+        task = SimpleNamespace(id=task_id, status="running", result=None)
+        self.current_task_id = task_id
+        try:
+            info = job()
+            outputs = (None, info, "")
+        except Exception as e:  # the gradio wrapper
+            self.console.append(f"{type(e).__name__}: {e}")
+            outputs = (None, "", f"<div class='error'>{type(e).__name__}: {e}</div>")
+        finally:
+            self.current_task_id = None
+        res = outputs[1]
+        task.status = self.DONE if res else self.FAILED
+        task.result = res if res else None
+        self.update_task(task)
+        for callback in self.script_callbacks["task_finished"]:
+            callback(task_id, is_img2img=False, is_ui=True, status=task.status, task=task)
+        return task
+
+
+# --- TensorRT U-Net engines (Stable-Diffusion-WebUI-TensorRT) --------------------------------------
+
+class FakeTrtUnet:
+    """A TensorRT engine as `sd_unet.current_unet`: `configs` (one per profile: `config.profile` with the
+    (min, opt, max) shapes of each input), `profile_idx` (the profile its process() picked for the pass) and
+    `option.label`. Its forward runs the engine, which fails with "ERROR: inference failed." for a context
+    outside the profile (utilities.py: the shape error is only logged, then execution fails)."""
+
+    def __init__(self, tokens, name="v1-5-pruned", batch=(2, 2, 8)):
+        low, opt, high = tokens
+        profile = {"encoder_hidden_states": [(batch[0], low, 768), (batch[1], opt, 768), (batch[2], high, 768)]}
+        self.configs = [{"config": SimpleNamespace(profile=profile, static_shapes=low == high), "filepath": f"{name}.trt"}]
+        self.profile_idx = 0
+        self.model_name = name
+        self.option = SimpleNamespace(label=f"[TRT] {name}")
+        self.calls = []  # context tokens of every call it ran
+
+    def forward(self, x, timesteps, context, *args, **kwargs):
+        low, high = self.configs[self.profile_idx]["config"].profile["encoder_hidden_states"][0::2]
+        if not low[1] <= context.shape[1] <= high[1]:
+            raise ValueError("ERROR: inference failed.")
+        self.calls.append(int(context.shape[1]))
+        return x
+
+
+# --- Prompt Fusion ----------------------------------------------------------------------------------
+
+class FakePromptFusion:
+    """Its option `prompt_fusion_enabled` (on by default) and the two modules of its parser ELLA asks:
+    `lib_prompt_fusion.prompt_parser.parse_prompt(text).extend_tensor(builder, ...)` lists in
+    `lib_prompt_fusion.interpolation_tensor.InterpolationTensorBuilder().get_prompt_database()` the prompts
+    it CLIP-encodes: one per alternative of an interpolation `[a:b: 2, 8]`; an attention interpolation
+    `(word: 1, 2)` becomes one prompt of per-step weights; the WebUI's own syntax is passed on, re-spelled
+    (spaces collapsed, `.5` as `0.5`)."""
+
+    INTERPOLATION = re.compile(r"\[([^\[\]]*?):\s*([-+\d.\s]*(?:,[-+\d.\s]*)+)(?::\s*\w+)?\s*\]")
+    ATTENTION = re.compile(r"\(([^():]*):\s*([\d.]+)\s*,\s*([\d.]+)\s*\)")
+
+    class Builder:
+        def __init__(self):
+            self.database = [""]
+
+        def get_prompt_database(self):
+            return self.database
+
+    class Expression:
+        def __init__(self, text):
+            self.text = text
+
+        def extend_tensor(self, builder, step_range, total_steps, context, is_hires, use_old_scheduling):
+            text = " ".join(self.text.split())
+            text = re.sub(r"(?<![\d.])\.(\d)", r"0.\1", text)
+            text = FakePromptFusion.ATTENTION.sub(
+                lambda m: f"[({m.group(1)}:{m.group(2)})::{total_steps // 2}][({m.group(1)}:{m.group(3)}):{total_steps // 2}]",
+                text)
+            prompts = [text]
+            while True:
+                match = FakePromptFusion.INTERPOLATION.search(prompts[0])
+                if match is None:
+                    break
+                alternatives = match.group(1).split(":")
+                prompts = [p[:match.start()] + alt.strip() + p[match.end():] for p in prompts for alt in alternatives]
+            builder.database = [" ".join(p.split()) for p in prompts]
+
+    def install(self, monkeypatch, enabled=True):
+        import sys
+        from types import ModuleType
+
+        parser, tensor = ModuleType("lib_prompt_fusion.prompt_parser"), ModuleType("lib_prompt_fusion.interpolation_tensor")
+        parser.parse_prompt = FakePromptFusion.Expression
+        tensor.InterpolationTensorBuilder = FakePromptFusion.Builder
+        monkeypatch.setitem(sys.modules, "lib_prompt_fusion.prompt_parser", parser)
+        monkeypatch.setitem(sys.modules, "lib_prompt_fusion.interpolation_tensor", tensor)
+        monkeypatch.setitem(shared.opts.data, "prompt_fusion_enabled", enabled)
+        return self
+
+    @staticmethod
+    def prompts(text, steps=20):
+        builder = FakePromptFusion.Builder()
+        FakePromptFusion.Expression(text).extend_tensor(builder, (0, steps), steps, {}, False, False)
+        return builder.get_prompt_database()
+
+
 # --- Neutral Prompt -----------------------------------------------------------------------------
 
 class FakeNeutralPrompt:

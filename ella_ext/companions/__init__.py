@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..errors import IncompatibleExtensionError
+from ..logs import log
 from ..plan import CallResult, DenoiserCall
 from .adetailer import ADetailer
+from .agent_scheduler import AgentScheduler
 from .animatediff import AnimateDiff
 from .base import Companion, Finish, JobView
 from .controlnet import ControlNetMarkers
@@ -19,11 +21,14 @@ from .cutoff import Cutoff
 from .forge_couple import ForgeCouple
 from .negpip import NegPiP
 from .padding import PaddingOption
+from .prompt_fusion import PromptFusion
 from .regional_prompter import RegionalPrompter
+from .tensorrt import TensorRT
 from .tiled_diffusion import TiledDiffusion
 
 # the order of adapt_call (finishes run in reverse): ControlNet's markers come off first and go back on last
 COMPANIONS: tuple[Companion, ...] = (
+    TensorRT(),  # first: its finish runs last and sees the lengths the U-Net gets
     ControlNetMarkers(),
     PaddingOption(),
     RegionalPrompter(),
@@ -33,6 +38,8 @@ COMPANIONS: tuple[Companion, ...] = (
     ADetailer(),
     Cutoff(),
     NegPiP(),
+    AgentScheduler(),
+    PromptFusion(),
 )
 
 
@@ -74,10 +81,18 @@ def outside_job(p: Any, note: Callable[[str, Any, str], None]) -> None:
         companion.outside_job(p, note)
 
 
+def job_failed(p: Any, reason: str) -> None:
+    for companion in COMPANIONS:
+        try:
+            companion.job_failed(p, reason)
+        except Exception as exc:  # reporting a failure must not hide it
+            log.warning("ELLA: could not pass the job's error to %s: %s", companion.name, exc)
+
+
 def restore() -> None:
     for companion in COMPANIONS:
         companion.restore()
 
 
-__all__ = ["COMPANIONS", "Companion", "JobView", "adapt_call", "before_sample", "check", "finish_call", "outside_job", "restore",
-           "shape_plan"]
+__all__ = ["COMPANIONS", "Companion", "JobView", "adapt_call", "before_sample", "check", "finish_call", "job_failed",
+           "outside_job", "restore", "shape_plan"]

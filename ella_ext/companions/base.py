@@ -56,6 +56,10 @@ class Companion:
         """A denoiser call that ELLA does not condition while an ELLA job is open (e.g. another extension's
         inner pass); `note(key, value, message)` records something on that ELLA job's images."""
 
+    def job_failed(self, p: Any, reason: str) -> None:
+        """An ELLA job stopped with this reason (the message users see): carry it where another extension
+        records the job's outcome, if the WebUI's own error display does not reach there."""
+
     def restore(self) -> None:
         """Undo any process-wide change made for a job. Called at every job's start, after each sampling and
         when a job fails, so it must be cheap and safe to call when nothing was changed."""

@@ -52,6 +52,9 @@ class ELLAJob:
             else:
                 log.error("ELLA: unexpected error\n%s", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
                 self.error = ELLAError(f"ELLA failed: {type(exc).__name__}: {exc}")
+            owner = self.owner()
+            if owner is not None:
+                companions.job_failed(owner, str(self.error))
         return self.error
 
 

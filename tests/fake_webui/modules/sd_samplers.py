@@ -280,5 +280,9 @@ class FakeSDModel:
         if isinstance(context, dict):
             context = context["crossattn"]
         self.unet_calls.append(SimpleNamespace(t=t.detach().clone(), context=context.detach().clone()))
+        from modules import sd_unet
+
+        if sd_unet.current_unet is not None:  # A1111's U-Net forward hands every call to the selected one
+            sd_unet.current_unet.forward(x, t, context)
         weight = context.float().mean(dim=(1, 2)) + context.float()[:, :, :4].std(dim=(1, 2))
         return 0.5 * x + weight[:, None, None, None] + 1e-4 * t.float()[:, None, None, None]
