@@ -144,7 +144,8 @@ def denoiser_call(step, total_steps, t, batch, device, dtype) -> DenoiserCall:
 def run_steps(job, plan, ts, batch, device, dtype):
     outs = []
     for step, t in enumerate(ts):
-        cond, uncond = job.apply(plan, denoiser_call(step, len(ts), t, batch, device, dtype))
+        result = job.apply(plan, denoiser_call(step, len(ts), t, batch, device, dtype))
+        cond, uncond = result.cond, result.uncond
         outs.append(torch.cat([cond, uncond]) if cond.shape[1] == uncond.shape[1] else (cond, uncond))
     return outs
 
