@@ -778,6 +778,9 @@ def check_job(c: Checks, ctx: dict) -> dict:
     out: dict[str, Any] = {}
     first_job: Optional[dict] = None
     original_report = runtime.report
+    runtime.unload_all()
+    dev.free()
+    baseline = dev.allocated()  # before ELLA loaded anything
     with fake_webui_on(dev, cond_dtype):
         for policy in (Residency.CPU, Residency.GPU, Residency.UNLOAD):  # offload (the default) first: the cold job
             shared.opts.data["ella_t5_residency"] = policy.value
@@ -866,10 +869,20 @@ def check_job(c: Checks, ctx: dict) -> dict:
                     first_job = record
                 previous = after
             out[POLICY_NAMES[policy]] = records
-    runtime.unload_all()
+    runtime.unload_all()  # what the WebUI's script_unloaded callback does
     del reference
-    gc.collect()
     dev.free()
+    if dev.cuda:
+        final = dev.allocated()
+        c.below(
+            "job",
+            "after unloading ELLA: VRAM above the start of the jobs",
+            abs(final - baseline) / 2**20,
+            LIMIT_LEFTOVER / 2**20,
+            "MB",
+            f"{mb(baseline):.0f} MB before the first job, {mb(final):.0f} MB now",
+        )
+        out["vram_baseline"], out["vram_final"] = baseline, final
     if first_job is not None and first_job["status"] == 200:
         a = first_job["activities_s"]
         parts = ("connector_load", "hash", "t5_load", "t5_to_device", "encode")
@@ -1003,6 +1016,7 @@ def main(argv=None) -> int:
         for dtype in (torch.float16, torch.float32):  # the context, cuBLAS's workspaces, before any VRAM baseline
             x = torch.ones(64, 64, device=dev.torch, dtype=dtype)
             torch.nn.functional.scaled_dot_product_attention(x[None, None], x[None, None], x[None, None]) @ x
+            torch.nn.functional.linear(x, x, x[0])  # with a bias: cuBLASLt and its workspace
     mode = f"{dev.torch.type} mode, {sizes.name} sizes" + (
         "" if dev.cuda else " (no CUDA: a reduced run of the same code)"
     )
