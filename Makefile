@@ -2,6 +2,7 @@
 # make test-compat - the whole suite again under transformers 4.30.2 / tokenizers 0.13 (AUTOMATIC1111's pin)
 # make lint        - ruff (lint and format check) and mypy, from .venv
 # make bench       - CPU benchmarks; prints a table and writes bench/results/*.json
+# make gpu-check   - the prepared CUDA check (bench/README.md); a reduced CPU run where there is no CUDA
 PYTHON ?= python3
 VENV := .venv
 COMPAT_VENV := .venv-compat
@@ -17,7 +18,7 @@ $(COMPAT_VENV)/.installed: requirements-compat.txt
 	$(COMPAT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-compat.txt
 	touch $@
 
-.PHONY: test test-compat lint bench clean
+.PHONY: test test-compat lint bench gpu-check clean
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests
 
@@ -35,6 +36,13 @@ $(VENV)/.bench-installed: $(VENV)/.installed bench/requirements.txt
 
 bench: $(VENV)/.bench-installed
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# Needs only what the GPU machine has (torch, transformers, safetensors, sentencepiece, tokenizers): no venv.
+# Uses .venv where it exists, else $(PYTHON) (python3, the GPU machine's torch).
+GPU_CHECK_PYTHON := $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,$(PYTHON))
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_CHECK_PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache

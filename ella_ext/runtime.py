@@ -222,6 +222,11 @@ class ELLARuntime:
     def loaded_tsc(self) -> Optional[LoadedTSC]:
         return self._tsc
 
+    @property
+    def loaded_text_encoder(self) -> Optional[T5TextEncoder]:
+        """T5 as it waits between jobs (None when unloaded); bench/gpu_check.py checks where it is."""
+        return self._t5
+
     # --- prompts --------------------------------------------------------------------------------
 
     def prompt_encoder(self, args: ELLAArgs, t5_folder: Path, syntax: PromptSyntax) -> PromptEncoder:
