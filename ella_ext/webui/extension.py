@@ -15,7 +15,7 @@ from .. import backends, companions
 from ..args import INFO_EMPHASIS_IGNORED, INFO_TRUNCATED, ELLAArgs
 from ..discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, list_ella_models, list_t5_encoders
 from ..errors import ELLAError, UnsupportedModelError
-from ..logs import log
+from ..logs import log, show_on_console
 from ..plan import DenoiserCall, Interrupted, JobPlan, PassSpec, PlanShape
 from ..prompt_syntax import PromptSyntax
 from .clip_text import clip_text_conds
@@ -33,6 +33,7 @@ class ELLAExtension:
         from ..model_setup import ModelSetup
         from ..runtime import ELLARuntime
 
+        show_on_console()  # the WebUIs' default logging shows no INFO lines; ELLA's progress lines are INFO
         self.backend = backend or backends.detect()
         self.runtime = runtime or ELLARuntime(hooks=self.backend.memory_hooks(), hub_download=hub_download,
                                               report=ProgressText())
