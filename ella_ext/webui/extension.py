@@ -1,6 +1,8 @@
 """`ELLAExtension`: the script's lifecycle in the WebUI; `scripts/ella.py` forwards its hooks here.
 
 process()                      args from the UI/API/XYZ, models found and loaded, the job's plan, infotext
+before_process_batch,          the CLIP text's LoRA tags join the prompt's, for the WebUI's activation
+  process_batch
 process_before_every_sampling  companions check and shape the plan; this pass's prompts encoded
 on_cfg_denoiser                at every denoiser call: ELLA's conditioning for the U-Net's own timestep
 postprocess                    the job's state cleared, T5 parked as the settings say
@@ -18,7 +20,7 @@ from ..errors import ELLAError, UnsupportedModelError
 from ..logs import log, show_on_console
 from ..plan import DenoiserCall, Interrupted, JobPlan, PassSpec, PlanShape
 from ..prompt_syntax import PromptSyntax
-from .clip_text import clip_text_conds
+from .clip_text import add_tags_to_batch, add_tags_to_hires, clip_text_conds
 from .job import ELLAAbort, active_job, attach, clear_job, note, own_infotext
 from .progress import ProgressText, interrupted
 from .prompt_parser import prompt_syntax
@@ -122,6 +124,18 @@ class ELLAExtension:
             p.extra_generation_params.update(args.infotext(self.runtime.model_hash(ella_path)))
         except Exception as exc:
             job.fail(exc)
+
+    def before_process_batch(self, p) -> None:
+        """before_process_batch: the CLIP text's LoRA tags join the batch's prompts, for the WebUI to activate."""
+        job = active_job(p)
+        if job is not None and job.error is None:
+            add_tags_to_batch(p, job.args)
+
+    def process_batch(self, p) -> None:
+        """process_batch: the CLIP text's LoRA tags join the hires pass's tags."""
+        job = active_job(p)
+        if job is not None and job.error is None:
+            add_tags_to_hires(p, job.args)
 
     def before_sampling(self, p) -> None:
         """process_before_every_sampling: the companions check the job and shape its plan; this pass's prompts
