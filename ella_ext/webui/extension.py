@@ -34,6 +34,7 @@ class ELLAExtension:
         from ..downloads import hub_download
         from ..model_setup import ModelSetup
         from ..runtime import ELLARuntime
+        from ..token_count import TokenCounter
 
         show_on_console()  # the WebUIs' default logging shows no INFO lines; ELLA's progress lines are INFO
         self.backend = backend or backends.detect()
@@ -42,6 +43,7 @@ class ELLAExtension:
         self._syntax = syntax
         self._roots = roots or model_roots
         self.model_setup = ModelSetup(self.roots)  # the first-run row and the /ella/v1 API
+        self.token_counter = TokenCounter(self.roots, lambda: self.syntax, lambda: self.default_models()["t5"])
         self._open_jobs: list[weakref.ref] = []  # ELLA jobs between their first sampling and postprocess
 
     @property
@@ -79,10 +81,10 @@ class ELLAExtension:
             log.error("%s", exc)
 
     def register_api(self, _demo, app) -> None:
-        """app_started: ELLA's /ella/v1 routes (models, download, check) on the WebUI's FastAPI app."""
+        """app_started: ELLA's /ella/v1 routes (models, download, check, tokens) on the WebUI's FastAPI app."""
         from ..api import register_routes
 
-        register_routes(app, self.model_setup, credentials=api_credentials())
+        register_routes(app, self.model_setup, credentials=api_credentials(), tokens=self.token_counter)
 
     # --- lifecycle ---
 
