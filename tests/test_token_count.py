@@ -98,7 +98,7 @@ def test_counts_are_what_the_encoder_tokenizes(counter, t5_fp32):
     'truncated' is the encoder's, for short and over-long prompts."""
     import factories
 
-    for prompt in factories.dpg_prompts(20)[::4] + [" ".join(factories.dpg_prompts(3))]:
+    for prompt in [*factories.dpg_prompts(20)[::4], " ".join(factories.dpg_prompts(3))]:
         for args in (ELLAArgs(), ELLAArgs.from_dict({"long_prompts": "keep"})):
             got = counter.count(prompt, args)
             tokens = t5_fp32.tokenize(prompt, truncate_at=args.truncate_at)
