@@ -197,7 +197,8 @@ def test_clip_text_tags_are_activated_with_the_prompts_and_nobody_reads_them(web
         assert torch.equal(call.context[:, 64:], plain_call.context)
         assert torch.equal(call.context, other.context)
     t = float(calls[0].t[0])
-    assert torch.allclose(calls[0].context[0, :64], ref(webui, "a red cube on a glossy table ", t), atol=1e-4)
+    # T5 reads the prompt without its tag (and, as the WebUI's AND parsing does, without the space it left)
+    assert torch.allclose(calls[0].context[0, :64], ref(webui, "a red cube on a glossy table", t), atol=1e-4)
     # the infotext keeps the tag in the CLIP text, and only there
     first_line = body["info"].split("\n")[0]
     assert first_line == TAGGED_PROMPT
