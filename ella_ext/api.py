@@ -9,22 +9,28 @@
     GET    /ella/v1/download[?wait=SECONDS]                  poll the progress; wait (up to 60 s) returns
                                                              early when the download ends
     DELETE /ella/v1/download                                 cancel; the next POST resumes
+    POST   /ella/v1/tokens  {"prompt": "...", "t5": ..., ...}  T5 tokens of a prompt and whether ELLA cuts it
+                                                             (the tokenizer only; see token_count.py)
 
 FastAPI is imported when the routes are registered (it ships with every WebUI), not at import.
 No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime.
 """
 
 import secrets
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from .errors import ELLAError
 from .model_setup import ModelSetup
+
+if TYPE_CHECKING:
+    from .token_count import TokenCounter
 
 PREFIX = "/ella/v1"
 MAX_WAIT = 60.0
 
 
-def register_routes(app, setup: ModelSetup, *, credentials: Optional[Dict[str, str]] = None) -> None:
+def register_routes(app, setup: ModelSetup, *, credentials: Optional[Dict[str, str]] = None,
+                    tokens: Optional["TokenCounter"] = None) -> None:
     """Add the routes to the WebUI's FastAPI `app`; `credentials` (user -> password) as the WebUI's --api-auth."""
     from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response
     from fastapi.security import HTTPBasic, HTTPBasicCredentials
@@ -83,4 +89,33 @@ def register_routes(app, setup: ModelSetup, *, credentials: Optional[Dict[str, s
     def cancel_download():
         return setup.cancel_download()
 
+    if tokens is not None:
+        add_token_route(router, tokens)
     app.include_router(router)
+
+
+def add_token_route(router, counter: "TokenCounter") -> None:
+    """POST /tokens on ELLA's router (and so behind its credentials check)."""
+    from fastapi import HTTPException
+    from pydantic import BaseModel
+
+    from .args import ELLAArgs
+
+    class TokensRequest(BaseModel):
+        prompt: str
+        t5: Optional[str] = None  # default: the first installed T5 folder, as a job
+        length: Optional[str] = None
+        long_prompts: Optional[str] = None
+        steps: int = 20  # prompt editing: the text at each of these steps is counted
+        hires_steps: Optional[int] = None  # the hires prompt: its steps (numbers count on from `steps`)
+        negative: bool = False  # a negative prompt: not split at AND
+
+    @router.post("/tokens")
+    def count_tokens(request: TokensRequest):
+        try:
+            named = {k: getattr(request, k) for k in ("t5", "length", "long_prompts") if getattr(request, k)}
+            count = counter.count(request.prompt, ELLAArgs.from_dict(named), steps=request.steps,
+                                  hires_steps=request.hires_steps, negative=request.negative)
+        except ELLAError as exc:
+            raise HTTPException(status_code=exc.status_code, detail=str(exc))
+        return count.to_dict()

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .discovery import check_name, strip_hash
 from .errors import ArgumentError, ModelPathError
-from .prompt_syntax import AND_SEPARATOR, EXTRA_NETWORK
+from .prompt_syntax import AND_SEPARATOR, EXTRA_NETWORK, strip_extra_networks
 from .schema import Arg, Choice, arg, rows, shown
 
 FIXED_LENGTH = 128  # the paper's fixed token length, and ELLA's training length
@@ -204,18 +204,17 @@ class ELLAArgs:
                 f"ELLA 'start' ({self.start:g}) and 'end' ({self.end:g}) must satisfy 0 <= start < end <= 1 "
                 "(fractions of the sampling steps)."
             )
-        for name, text in zip(("clip_prompt", "clip_negative"), self.clip_texts):
-            if name == "clip_prompt" and AND_SEPARATOR.search(text):
-                raise ArgumentError(
-                    f"ELLA '{name}' contains AND: the main prompt decides the sub-prompts, and every sub-prompt gets "
-                    "the same CLIP text. Remove AND from the CLIP text."
-                )
-            tag = EXTRA_NETWORK.search(text)
-            if tag:
-                raise ArgumentError(
-                    f"ELLA '{name}' contains the extra-network tag '{tag.group(0)[:80]}'. Put LoRA/hypernetwork tags in "
-                    "the main prompt: the WebUI activates them from there, for CLIP and the U-Net."
-                )
+        if self.applies("clip_prompt") and AND_SEPARATOR.search(strip_extra_networks(self.clip_prompt)):
+            raise ArgumentError(
+                "ELLA 'clip_prompt' contains AND: the main prompt decides the sub-prompts, and every sub-prompt gets "
+                "the same CLIP text. Remove AND from the CLIP text."
+            )
+        tag = EXTRA_NETWORK.search(self.clip_negative) if self.applies("clip_negative") else None
+        if tag:
+            raise ArgumentError(
+                f"ELLA 'clip_negative' contains the extra-network tag '{tag.group(0)[:80]}'. The WebUI activates "
+                "LoRA/hypernetwork tags only from positive prompts: put it in the prompt or the CLIP prompt."
+            )
         if self.enabled:
             for name, what in (("model", "ELLA model"), ("t5", "T5 encoder")):
                 try:
@@ -235,11 +234,22 @@ class ELLAArgs:
 
     @property
     def clip_texts(self) -> tuple[str, str]:
-        """(prompt, negative) texts for CLIP that replace the job's own, where they apply (ELLA + CLIP)."""
-        return (
-            self.clip_prompt if self.applies("clip_prompt") else "",
-            self.clip_negative if self.applies("clip_negative") else "",
-        )
+        """(prompt, negative) texts CLIP encodes instead of the job's own, where they apply (ELLA + CLIP); "" for
+        the job's own. The CLIP prompt's extra-network tags are taken out as the WebUI takes them out of a
+        prompt (the WebUI activates them, see `clip_network_tags`); a CLIP prompt of tags only leaves CLIP the
+        job's own prompt."""
+        prompt = strip_extra_networks(self.clip_prompt) if self.applies("clip_prompt") else ""
+        if not prompt.strip() and self.clip_network_tags:
+            prompt = ""
+        return prompt, self.clip_negative if self.applies("clip_negative") else ""
+
+    @property
+    def clip_network_tags(self) -> str:
+        """The CLIP prompt's extra-network tags (`<lora:name:0.8>`…), in order and joined, where it applies: the
+        WebUI activates them with the prompt's own tags."""
+        if not self.applies("clip_prompt"):
+            return ""
+        return "".join(m.group(0) for m in EXTRA_NETWORK.finditer(self.clip_prompt))
 
     def applies(self, name: str) -> bool:
         """Whether the argument takes effect with the others as they are (its row's `applies_when`)."""

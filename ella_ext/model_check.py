@@ -112,6 +112,11 @@ def _check_ella(name: str, roots: ModelRoots, hub: _Hub) -> list[CheckItem]:
     return items
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 block', '6 blocks': a count with its noun in the right number."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _check_ella_weights(path: Path, released: bool) -> CheckItem:
     import torch
 
@@ -126,7 +131,7 @@ def _check_ella_weights(path: Path, released: bool) -> CheckItem:
         else:
             fix = "Replace the file with a complete ELLA TSC .safetensors."
         return CheckItem("ELLA weights", False, str(exc), fix, repair="ella" if released else "")
-    return CheckItem("ELLA weights", True, f"a TSC with {cfg.layers} blocks, width {cfg.width}, "
+    return CheckItem("ELLA weights", True, f"a TSC with {counted(cfg.layers, 'block')}, width {cfg.width}, "
                                            f"{cfg.num_parameters / 1e6:.1f}M parameters, {'/'.join(dtypes)}; loads")
 
 
@@ -164,7 +169,7 @@ def _check_t5(name: str, roots: ModelRoots, hub: _Hub) -> list[CheckItem]:
         return [CheckItem("T5 encoder", False, str(exc), fix[0].upper() + fix[1:], repair="t5" if released else "")]
     files = sorted(p for p in path.iterdir() if p.is_file())
     size = human_size(sum(p.stat().st_size for p in files))
-    items = [CheckItem("T5 encoder", True, f"found '{path}' ({len(files)} files, {size})")]
+    items = [CheckItem("T5 encoder", True, f"found '{path}' ({counted(len(files), 'file')}, {size})")]
     if released:
         fix = f"Press Download to replace the folder's broken files (or put the released folder at '{path}'; {README})."
     else:
@@ -179,7 +184,7 @@ def _check_t5(name: str, roots: ModelRoots, hub: _Hub) -> list[CheckItem]:
             weights.append(f"{f.name} ({human_size(f.stat().st_size)}, {'/'.join(dtypes)})")
         index = " via model.safetensors.index.json" if (path / "model.safetensors.index.json").is_file() else ""
         cfg = folder.config
-        detail = f"{folder.layout}, d_model {cfg.get('d_model')}, {cfg.get('num_layers')} layers; weights{index}: {', '.join(weights)}"
+        detail = f"{folder.layout}, d_model {cfg.get('d_model')}, {counted(cfg.get('num_layers'), 'layer')}; weights{index}: {', '.join(weights)}"
         items.append(CheckItem("T5 layout", True, detail))
     except ELLAError as exc:
         items.append(CheckItem("T5 layout", False, str(exc), fix, repair="t5"))

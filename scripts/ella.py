@@ -26,6 +26,12 @@ class ELLAScript(scripts.Script):
     def process(self, p, *args):
         EXTENSION.process(p, args)
 
+    def before_process_batch(self, p, *args, **kwargs):
+        EXTENSION.before_process_batch(p)
+
+    def process_batch(self, p, *args, **kwargs):
+        EXTENSION.process_batch(p)
+
     def process_before_every_sampling(self, p, *args, **kwargs):
         EXTENSION.before_sampling(p)
 

@@ -140,8 +140,8 @@ def test_controlnet_marker_stays_in_front_with_a_clip_text(webui):
 
 @pytest.mark.parametrize("field, text, message", [
     ("clip_prompt", "style AND other", "'clip_prompt' contains AND"),
-    ("clip_prompt", "sks <lora:style:0.8>", "extra-network tag '<lora:style:0.8>'"),
-    ("clip_negative", "<hypernet:x:1> bad", "'clip_negative' contains the extra-network tag"),
+    ("clip_prompt", "style <lora:x:1> AND other", "'clip_prompt' contains AND"),
+    ("clip_negative", "<hypernet:x:1> bad", "'clip_negative' contains the extra-network tag '<hypernet:x:1>'"),
     ("clip_prompt", 7, "'clip_prompt' must be a text"),
 ])
 def test_bad_clip_text_is_refused_by_name(webui, field, text, message):
@@ -156,3 +156,94 @@ def test_and_in_the_clip_negative_is_plain_text(webui):
     calls, _ = contexts(webui, payload(PROMPT), **ella(mode="ella+clip", negative="clip", clip_negative="cats AND dogs"))
     uncond = [c for c in calls if c.context.shape[1] == 77]
     assert [torch.equal(c.context[0], r.context[1]) for c, r in zip(uncond, reference)] == [True] * 4
+
+
+# --- LoRA tags in the CLIP text ------------------------------------------------------------------------
+
+TAGGED_PROMPT = "a red cube on a glossy table <lora:main:0.5>"
+TAGGED_CLIP = "sks style, (masterpiece:1.3) <lora:ink:0.8>"
+
+
+@pytest.fixture
+def lora():
+    """The fake WebUI's Lora network (modules.extra_networks), its record cleared."""
+    from modules import extra_networks
+
+    network = extra_networks.extra_network_registry["lora"]
+    network.activations.clear()
+    return network
+
+
+def loaded(lora):
+    """What each activation loaded (calls with no tags at all are the WebUI's 'disable' calls)."""
+    return [call for call in lora.activations if call]
+
+
+def test_clip_text_tags_are_activated_with_the_prompts_and_nobody_reads_them(webui, lora):
+    calls, body = contexts(webui, payload(TAGGED_PROMPT, negative_prompt="blurry"),
+                           **ella(mode="ella+clip", clip_prompt=TAGGED_CLIP))
+    # one activation for the first pass, the CLIP text's tag with the prompt's, each with its multiplier
+    assert lora.activations == [[("ink", 0.8, 0.8), ("main", 0.5, 0.5)]]
+    assert "Lora hashes: \"ink: 0123abcd, main: 0123abcd\"" in body["info"]
+    # CLIP's part is what a plain job makes of the CLIP text without the tag; ELLA's part what an ELLA job makes
+    # of the prompt with an untagged CLIP text: neither T5 nor CLIP saw '<lora:…>'
+    lora.activations.clear()
+    reference = plain(webui, "sks style, (masterpiece:1.3) ", negative_prompt="blurry")
+    untagged, _ = contexts(webui, payload(TAGGED_PROMPT, negative_prompt="blurry"),
+                           **ella(mode="ella+clip", clip_prompt="sks style, (masterpiece:1.3) "))
+    assert loaded(lora) == [[("main", 0.5, 0.5)]]
+    assert len(calls) == len(reference) == len(untagged) == 4
+    for call, plain_call, other in zip(calls, reference, untagged):
+        assert torch.equal(call.context[:, 64:], plain_call.context)
+        assert torch.equal(call.context, other.context)
+    t = float(calls[0].t[0])
+    # T5 reads the prompt without its tag (and, as the WebUI's AND parsing does, without the space it left)
+    assert torch.allclose(calls[0].context[0, :64], ref(webui, "a red cube on a glossy table", t), atol=1e-4)
+    # the infotext keeps the tag in the CLIP text, and only there
+    first_line = body["info"].split("\n")[0]
+    assert first_line == TAGGED_PROMPT
+    assert 'ELLA CLIP prompt: "sks style, (masterpiece:1.3) <lora:ink:0.8>"' in body["info"]
+
+
+def test_pasting_the_infotext_back_gives_the_same_args_and_the_same_activation(webui, lora):
+    from modules import infotext_utils
+
+    from ella_ext.args import ELLAArgs
+
+    _, body = contexts(webui, payload(TAGGED_PROMPT), **ella(mode="ella+clip", clip_prompt=TAGGED_CLIP))
+    params = infotext_utils.parse_generation_parameters(body["info"])
+    pasted = ELLAArgs.from_infotext(params)
+    assert pasted == ELLAArgs.from_dict({"enabled": True, "model": webui_env.MODEL_NAME, "t5": webui_env.T5_NAME,
+                                         "mode": "ella+clip", "clip_prompt": TAGGED_CLIP})
+    lora.activations.clear()
+    status, again = run(webui, payload(TAGGED_PROMPT) | {"infotext": body["info"]})  # the API's paste
+    assert status == 200, again
+    assert lora.activations == [[("ink", 0.8, 0.8), ("main", 0.5, 0.5)]]
+    assert again["info"] == body["info"]
+
+
+def test_hires_pass_activates_the_clip_text_tags_with_the_hires_prompts(webui, lora):
+    kw = dict(steps=4, enable_hr=True, hr_second_pass_steps=4, denoising_strength=0.75, hr_cfg=7.0,
+              hr_prompt="a red cube, sharp <lora:detail:0.3>")
+    calls, body = contexts(webui, payload(TAGGED_PROMPT, **kw),
+                           **ella(mode="ella+clip", clip_prompt="<lora:ink:0.8><lora:ink2:0.6:0.2> sks style"))
+    assert loaded(lora) == [
+        [("ink", 0.8, 0.8), ("ink2", 0.6, 0.2), ("main", 0.5, 0.5)],
+        [("ink", 0.8, 0.8), ("ink2", 0.6, 0.2), ("detail", 0.3, 0.3)],
+    ]
+    assert len(calls) > 4  # the hires pass ran, with the same CLIP text
+
+
+def test_a_clip_text_of_tags_only_leaves_clip_the_prompt(webui, lora):
+    reference = plain(webui, "a red cube on a glossy table ")
+    calls, _ = contexts(webui, payload(TAGGED_PROMPT), **ella(mode="ella+clip", clip_prompt=" <lora:ink:0.8> "))
+    assert loaded(lora)[-1] == [("ink", 0.8, 0.8), ("main", 0.5, 0.5)]
+    assert all(torch.equal(c.context[:, 64:], r.context) for c, r in zip(calls, reference))
+
+
+@pytest.mark.parametrize("alwayson", [ella(clip_prompt=TAGGED_CLIP),  # ELLA only: the CLIP text is kept, unused
+                                      ella(enabled=False, mode="ella+clip", clip_prompt=TAGGED_CLIP)])
+def test_clip_text_tags_are_not_activated_where_the_clip_text_does_not_apply(webui, lora, alwayson):
+    status, body = run(webui, payload(TAGGED_PROMPT) | {"alwayson_scripts": alwayson})
+    assert status == 200, body
+    assert lora.activations == [[("main", 0.5, 0.5)]]

@@ -166,3 +166,17 @@ def test_missing_tokenizer_fails(installed, hub):
     assert not got["T5 tokenizer"].ok and "Download" in got["T5 tokenizer"].fix
     assert not got["T5 layout"].ok and "no tokenizer" in got["T5 layout"].detail
     assert "tokenizer.json is missing" in got["T5 checksums"].detail
+
+
+def test_counts_take_the_right_number(tmp_path, t5_folder):
+    """'a TSC with 1 block', not '1 blocks'; several stay plural."""
+    from ella_ext.model_check import counted
+
+    roots = ModelRoots.under(tmp_path / "models")
+    one_block = TSCConfig(**{**factories.RELEASED_TSC, "layers": 1})
+    factories.write_tsc(roots.ella[0] / "one-block.safetensors", one_block, seed=2)
+    shutil.copytree(t5_folder, roots.t5[0] / "mine")
+    got = items(check_models("one-block", "mine", roots))
+    assert got["ELLA weights"].detail.startswith("a TSC with 1 block, width 64"), got["ELLA weights"].detail
+    assert "2 layers;" in got["T5 layout"].detail
+    assert [counted(n, "block") for n in (0, 1, 2)] == ["0 blocks", "1 block", "2 blocks"]

@@ -1,4 +1,12 @@
-"""ELLA + CLIP with a separate CLIP text: the WebUI's own CLIP conditioning of that text, per sampling pass."""
+"""ELLA + CLIP with a separate CLIP text: the WebUI's own CLIP conditioning of that text, per sampling pass, and
+the CLIP text's extra-network tags activated by the WebUI with the prompt's own.
+
+The WebUI parses and activates extra networks from the batch's prompts right after `before_process_batch`
+(first pass) and from the hires prompts' parsed tags at the hires pass. So the CLIP text's tags go in front of
+each prompt of the batch before that parse (the parse takes them out again, leaving the prompt's text exactly
+as it was: T5 and the infotext never see them), and into the hires pass's parsed tags after it. One
+activation per pass, with the prompt's tags and the CLIP text's together, as if they had been in the prompt.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +52,29 @@ class ClipTextConds:
         cond = prompt_parser.reconstruct_multicond_batch(self.cond, step)[1] if self.cond is not None else None
         uncond = prompt_parser.reconstruct_cond_batch(self.uncond, step) if self.uncond is not None else None
         return cond, uncond
+
+
+def add_tags_to_batch(p, args: ELLAArgs) -> None:
+    """before_process_batch: the CLIP text's tags in front of each of the batch's prompts, for the WebUI's parse.
+    In front, so that nothing in the prompt (an unclosed '<') can run into them."""
+    tags = args.clip_network_tags
+    if tags:
+        p.prompts = [tags + prompt for prompt in p.prompts]
+
+
+def add_tags_to_hires(p, args: ELLAArgs) -> None:
+    """process_batch: the CLIP text's tags joined to the hires prompts' parsed tags (the WebUI parsed those from
+    its own copy of the hires prompts), in the order a parse of the tags in front of the prompt gives."""
+    from modules import extra_networks
+
+    tags = args.clip_network_tags
+    parsed = getattr(p, "hr_extra_network_data", None)
+    if not tags or not getattr(p, "enable_hr", False) or parsed is None:
+        return
+    _, merged = extra_networks.parse_prompt(tags)
+    for name, params in parsed.items():
+        merged.setdefault(name, []).extend(params)
+    p.hr_extra_network_data = merged
 
 
 def clip_text_conds(job, p, spec: PassSpec) -> Optional[ClipTextConds]:

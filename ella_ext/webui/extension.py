@@ -1,6 +1,8 @@
 """`ELLAExtension`: the script's lifecycle in the WebUI; `scripts/ella.py` forwards its hooks here.
 
 process()                      args from the UI/API/XYZ, models found and loaded, the job's plan, infotext
+before_process_batch,          the CLIP text's LoRA tags join the prompt's, for the WebUI's activation
+  process_batch
 process_before_every_sampling  companions check and shape the plan; this pass's prompts encoded
 on_cfg_denoiser                at every denoiser call: ELLA's conditioning for the U-Net's own timestep
 postprocess                    the job's state cleared, T5 parked as the settings say
@@ -16,10 +18,10 @@ from .. import backends, companions
 from ..args import INFO_EMPHASIS_IGNORED, INFO_TRUNCATED, ELLAArgs
 from ..discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, list_ella_models, list_t5_encoders
 from ..errors import ELLAError, UnsupportedModelError
-from ..logs import log
+from ..logs import log, show_on_console
 from ..plan import DenoiserCall, Interrupted, JobPlan, PassSpec, PlanShape
 from ..prompt_syntax import PromptSyntax
-from .clip_text import clip_text_conds
+from .clip_text import add_tags_to_batch, add_tags_to_hires, clip_text_conds
 from .job import ELLAAbort, active_job, attach, clear_job, note, own_infotext
 from .progress import ProgressText, interrupted
 from .prompt_parser import prompt_syntax
@@ -33,13 +35,16 @@ class ELLAExtension:
         from ..downloads import hub_download
         from ..model_setup import ModelSetup
         from ..runtime import ELLARuntime
+        from ..token_count import TokenCounter
 
+        show_on_console()  # the WebUIs' default logging shows no INFO lines; ELLA's progress lines are INFO
         self.backend = backend or backends.detect()
         self.runtime = runtime or ELLARuntime(hooks=self.backend.memory_hooks(), hub_download=hub_download,
                                               report=ProgressText())
         self._syntax = syntax
         self._roots = roots or model_roots
         self.model_setup = ModelSetup(self.roots)  # the first-run row and the /ella/v1 API
+        self.token_counter = TokenCounter(self.roots, lambda: self.syntax, lambda: self.default_models()["t5"])
         self._open_jobs: list[weakref.ref] = []  # ELLA jobs between their first sampling and postprocess
 
     @property
@@ -77,10 +82,10 @@ class ELLAExtension:
             log.error("%s", exc)
 
     def register_api(self, _demo, app) -> None:
-        """app_started: ELLA's /ella/v1 routes (models, download, check) on the WebUI's FastAPI app."""
+        """app_started: ELLA's /ella/v1 routes (models, download, check, tokens) on the WebUI's FastAPI app."""
         from ..api import register_routes
 
-        register_routes(app, self.model_setup, credentials=api_credentials())
+        register_routes(app, self.model_setup, credentials=api_credentials(), tokens=self.token_counter)
 
     # --- lifecycle ---
 
@@ -131,6 +136,18 @@ class ELLAExtension:
 
     def _view(self, p, job, denoiser=None) -> companions.JobView:
         return companions.JobView(p, job.args, job.plan, self.backend, denoiser, functools.partial(note, p))
+
+    def before_process_batch(self, p) -> None:
+        """before_process_batch: the CLIP text's LoRA tags join the batch's prompts, for the WebUI to activate."""
+        job = active_job(p)
+        if job is not None and job.error is None:
+            add_tags_to_batch(p, job.args)
+
+    def process_batch(self, p) -> None:
+        """process_batch: the CLIP text's LoRA tags join the hires pass's tags."""
+        job = active_job(p)
+        if job is not None and job.error is None:
+            add_tags_to_hires(p, job.args)
 
     def before_sampling(self, p) -> None:
         """process_before_every_sampling: the companions check the job and shape its plan; this pass's prompts

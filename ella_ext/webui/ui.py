@@ -15,6 +15,7 @@ from typing import Any
 from ..args import ARGS, INFO_MODEL, ELLAArgs
 from ..discovery import KNOWN_ELLA, KNOWN_T5
 from ..logs import log
+from . import token_counter
 
 MODEL_SETUP = "model setup"  # the first-run row: status line, Download and Check
 LAYOUT: tuple[Any, ...] = (
@@ -52,6 +53,7 @@ def build(script, extension) -> list:
                 name, value = condition
                 components[name].change(fn=lambda label, v=value, r=ROWS[name]: gr.update(visible=r.parse(label) == v),
                                         inputs=[components[name]], outputs=[row_block], show_progress=False)
+        token_counter.build(gr, script, extension, components)
         hints = {row.name: row.hint for row in ARGS if row.hint}
         gr.HTML(f'<div class="ella-hints" style="display: none" data-hints="{html.escape(json.dumps(hints))}"></div>',
                 elem_id=script.elem_id("hints"))

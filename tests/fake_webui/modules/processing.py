@@ -1,12 +1,9 @@
 """process_images with the WebUI's hook order (A1111 1.10 processing.py; Forge/reForge deltas noted)."""
-import re
 from contextlib import closing  # noqa: F401 - callers use it as the WebUI does
 
 import torch
 
-from modules import devices, infotext_utils, prompt_parser, sd_samplers, shared
-
-EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
+from modules import devices, extra_networks, infotext_utils, prompt_parser, sd_samplers, shared
 
 
 class StableDiffusionProcessing:
@@ -28,6 +25,8 @@ class StableDiffusionProcessing:
         self.styles = styles or []
         self.sd_model = sd_model or shared.sd_model
         self.is_api = is_api
+        self.disable_extra_networks = False
+        self.extra_network_data = None
         self.scripts = scripts
         self.script_args = script_args
         self.extra_generation_params = {}
@@ -50,7 +49,7 @@ class StableDiffusionProcessing:
         self.all_seeds = [self.seed + i for i in range(len(prompts))]
 
     def parse_extra_network_prompts(self):
-        self.prompts = [EXTRA_NETWORK.sub("", x) for x in self.prompts]
+        self.prompts, self.extra_network_data = extra_networks.parse_prompts(self.prompts)
 
     def _conds(self, function, prompts, steps, cache, hires_steps=None):
         key = (tuple(prompts), steps, hires_steps, self.sd_model.sd_checkpoint_info.title)
@@ -99,6 +98,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         self.denoising_strength = denoising_strength
         self.hr_cfg = hr_cfg  # Forge: hires CFG (1.0 by default, which drops the uncond)
         self.hr_c = self.hr_uc = None
+        self.hr_extra_network_data = None
 
     def setup_prompts(self):
         super().setup_prompts()
@@ -114,7 +114,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         super().parse_extra_network_prompts()
         if self.enable_hr:
             sl = slice(self.iteration * self.batch_size, (self.iteration + 1) * self.batch_size)
-            self.hr_prompts = [EXTRA_NETWORK.sub("", x) for x in self.all_hr_prompts[sl]]
+            self.hr_prompts, self.hr_extra_network_data = extra_networks.parse_prompts(self.all_hr_prompts[sl])
             self.hr_negative_prompts = self.all_hr_negative_prompts[sl]
 
     def calculate_hr_conds(self):
@@ -142,6 +142,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         self.sampler = sd_samplers.create_sampler(self.hr_sampler_name or self.sampler_name, self.sd_model)
         samples = torch.nn.functional.interpolate(samples, scale_factor=2, mode="nearest")
         noise = self.noise(tuple(samples.shape[1:]))
+        if not self.disable_extra_networks:
+            extra_networks.activate(self, self.hr_extra_network_data)
         self.calculate_hr_conds()
         if self.scripts is not None:
             self.scripts.before_hr(self)
@@ -210,6 +212,8 @@ def process_images_inner(p):
         if p.scripts is not None:
             p.scripts.before_process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.seeds)
         p.parse_extra_network_prompts()
+        if not p.disable_extra_networks:
+            extra_networks.activate(p, p.extra_network_data)
         if p.scripts is not None:
             p.scripts.process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.seeds)
         p.setup_conds()
@@ -220,6 +224,8 @@ def process_images_inner(p):
         for i in range(samples.shape[0]):
             images.append(samples[i].clone())
             infotexts.append(create_infotext(p, n * bs + i))
+    if not p.disable_extra_networks and p.extra_network_data:
+        extra_networks.deactivate(p, p.extra_network_data)
     processed = Processed(p, images, infotexts)
     if p.scripts is not None:
         p.scripts.postprocess(p, processed)

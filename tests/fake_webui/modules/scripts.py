@@ -35,6 +35,7 @@ class Script:
     def before_process(self, p, *args): pass
     def process(self, p, *args): pass
     def before_process_batch(self, p, *args, **kwargs): pass
+    def after_extra_networks_activate(self, p, *args, **kwargs): pass
     def process_batch(self, p, *args, **kwargs): pass
     def process_before_every_sampling(self, p, *args, **kwargs): pass
     def before_hr(self, p, *args): pass
@@ -73,6 +74,7 @@ class ScriptRunner:
     def before_process(self, p): self._each("before_process", p)
     def process(self, p): self._each("process", p)
     def before_process_batch(self, p, **kw): self._each("before_process_batch", p, **kw)
+    def after_extra_networks_activate(self, p, **kw): self._each("after_extra_networks_activate", p, **kw)
     def process_batch(self, p, **kw): self._each("process_batch", p, **kw)
     def process_before_every_sampling(self, p, **kw): self._each("process_before_every_sampling", p, **kw)
     def before_hr(self, p): self._each("before_hr", p)
