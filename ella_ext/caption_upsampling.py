@@ -233,7 +233,7 @@ def _complete(url: str, config: UpsamplerConfig, messages: list[dict[str, str]])
     if config.api_key.strip():
         headers["Authorization"] = f"Bearer {config.api_key.strip()}"
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
-    timeout = float(config.timeout)
+    timeout = max(float(config.timeout), 0.1)  # 0 would make the socket non-blocking
     try:
         with _opener(url).open(request, timeout=timeout) as response:
             if "text/event-stream" in (response.headers.get("Content-Type") or ""):

@@ -62,8 +62,8 @@ class Settings:
     expand_api_key: str = setting(
         "", "ella_expand_api_key", control="password", label="Caption upsampling: API key (hosted endpoints)",
         info="sent as 'Authorization: Bearer ...'; stored in the WebUI's config.json like every setting")
-    expand_timeout: int = setting(
-        60, "ella_expand_timeout", control="slider", minimum=5, maximum=600, step=5,
+    expand_timeout: float = setting(
+        60.0, "ella_expand_timeout", control="slider", minimum=5, maximum=600, step=5,
         label="Caption upsampling: timeout (seconds)",
         info="without streaming: for the whole answer; with streaming: the longest pause (5x in all)")
     expand_stream: bool = setting(
