@@ -68,24 +68,30 @@ Answer with the caption only: no title, no preamble, no quotes around it, no lis
 
 # (prompt, caption): written for this module in the style of DPG-Bench, without atmosphere
 EXAMPLES = (
-    ("a cat on a bookshelf",
-     "A ginger tabby cat with a white chest and a long striped tail lies curled on the top shelf of a tall "
-     "bookshelf painted matte white. Its front paws hang over the edge of the shelf, just above a row of "
-     "hardcover books with spines in dark green, navy blue and burgundy. To the left of the cat stands a small "
-     "round terracotta pot holding an ivy whose pointed leaves trail down over the books below. The back panel "
-     "behind the cat is bare and shows the pale, straight grain of the wood."),
-    ("three apples, oil painting",
-     "An oil painting of three apples arranged in a loose triangle on a folded cream linen cloth. The apple in "
-     "front is a deep glossy red with a short brown stem, while the two behind it are yellow-green with a pink "
-     "blush on their rounded sides. Thick, visible brushstrokes give the cloth soft ridges and the apples a "
-     "slightly uneven skin. The background is a flat field of muted olive green, and each apple casts a small "
-     "grey shadow to its right."),
-    ("neon sign that says OPEN in a shop window",
-     'A rectangular shop window in a thin black metal frame holds a neon sign that reads "OPEN" in red capital '
-     "letters. The glass tubes of the sign are bent into rounded letters and fixed to a clear acrylic panel that "
-     "hangs from two short silver chains. Behind the glass, a narrow wooden counter with a grey cash register "
-     "stands against a white tiled wall. Two small white price cards are taped to the lower left corner of the "
-     "window pane."),
+    (
+        "a cat on a bookshelf",
+        "A ginger tabby cat with a white chest and a long striped tail lies curled on the top shelf of a tall "
+        "bookshelf painted matte white. Its front paws hang over the edge of the shelf, just above a row of "
+        "hardcover books with spines in dark green, navy blue and burgundy. To the left of the cat stands a small "
+        "round terracotta pot holding an ivy whose pointed leaves trail down over the books below. The back panel "
+        "behind the cat is bare and shows the pale, straight grain of the wood.",
+    ),
+    (
+        "three apples, oil painting",
+        "An oil painting of three apples arranged in a loose triangle on a folded cream linen cloth. The apple in "
+        "front is a deep glossy red with a short brown stem, while the two behind it are yellow-green with a pink "
+        "blush on their rounded sides. Thick, visible brushstrokes give the cloth soft ridges and the apples a "
+        "slightly uneven skin. The background is a flat field of muted olive green, and each apple casts a small "
+        "grey shadow to its right.",
+    ),
+    (
+        "neon sign that says OPEN in a shop window",
+        'A rectangular shop window in a thin black metal frame holds a neon sign that reads "OPEN" in red capital '
+        "letters. The glass tubes of the sign are bent into rounded letters and fixed to a clear acrylic panel that "
+        "hangs from two short silver chains. Behind the glass, a narrow wooden counter with a grey cash register "
+        "stands against a white tiled wall. Two small white price cards are taped to the lower left corner of the "
+        "window pane.",
+    ),
 )
 PART_NOTE = "This is one of {n} parts of a longer prompt: write 1 to 2 sentences for this part only."
 
@@ -116,7 +122,9 @@ class UpsamplerConfig:
             raise UpsamplerOffError(
                 f"The LLM endpoint {base[:120]!r} is not an http(s) URL. Set {SETTING} to e.g. "
                 "http://127.0.0.1:8080/v1 (llama.cpp), http://127.0.0.1:11434/v1 (Ollama) or "
-                "http://127.0.0.1:1234/v1 (LM Studio).", status_code=422)
+                "http://127.0.0.1:1234/v1 (LM Studio).",
+                status_code=422,
+            )
         if parsed.path.endswith("/chat/completions"):
             return base
         return base + ("/chat/completions" if parsed.path else "/v1/chat/completions")
@@ -130,8 +138,12 @@ class UpsampleResult:
     notices: tuple[str, ...] = ()  # what was kept, dropped or cut, for the status line / API / log
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "original": self.original, "changed": self.changed,
-                "notices": list(self.notices)}
+        return {
+            "prompt": self.prompt,
+            "original": self.original,
+            "changed": self.changed,
+            "notices": list(self.notices),
+        }
 
 
 def expand_prompt(prompt: str, config: UpsamplerConfig, *, negative: str = "", force: bool = False) -> UpsampleResult:
@@ -153,15 +165,19 @@ def expand_prompt(prompt: str, config: UpsamplerConfig, *, negative: str = "", f
     if not text.strip():
         return unchanged("The prompt has no text to expand.")
     if has_scheduling(text):
-        return unchanged("Not expanded: the prompt uses prompt editing or alternation ([a:b:N], [a|b]), whose "
-                         "schedule a rewrite cannot keep. Expand the texts by hand, or remove the brackets.")
+        return unchanged(
+            "Not expanded: the prompt uses prompt editing or alternation ([a:b:N], [a|b]), whose "
+            "schedule a rewrite cannot keep. Expand the texts by hand, or remove the brackets."
+        )
     subs = [(weight, [_plain(part) for part in BREAK_SEPARATOR.split(sub)]) for sub, weight in split_and(text)]
     plain_parts = [plain for _weight, parts in subs for plain, _weighted in parts if plain.strip()]
     if not force and _is_dense(" ".join(plain_parts)):
         return unchanged("Not expanded: the prompt is already a dense description. Expand anyway to rewrite it.")
     if any(weighted for _weight, parts in subs for _plain_text, weighted in parts):
-        notices.append("Emphasis weights ((word:1.3), [word]) were not sent to the LLM and are not in the result; "
-                       "add them again where you want them.")
+        notices.append(
+            "Emphasis weights ((word:1.3), [word]) were not sent to the LLM and are not in the result; "
+            "add them again where you want them."
+        )
     if tags:
         notices.append(f"Kept {', '.join(tags)} as written (not sent to the LLM).")
     count = len(plain_parts)
@@ -179,7 +195,8 @@ def expand_prompt(prompt: str, config: UpsamplerConfig, *, negative: str = "", f
                 raise UpsamplerResponseError(
                     f"The LLM at {url} gave an empty answer for {plain.strip()[:60]!r}"
                     + (" (it ran out of tokens while reasoning)" if finish == "length" else "")
-                    + ". Try another model, or check the server's log.")
+                    + ". Try another model, or check the server's log."
+                )
             if finish == "length" or cut:
                 notices.append("The LLM's answer was long and was cut at a sentence end.")
             out_parts.append(caption)
@@ -223,13 +240,21 @@ def _messages(prompt: str, negative: str, parts: int) -> list[dict[str, str]]:
 
 # --- HTTP -------------------------------------------------------------------------------------------
 
+
 def _complete(url: str, config: UpsamplerConfig, messages: list[dict[str, str]]) -> tuple[str, Optional[str]]:
     """(answer text, finish_reason) of one chat completion; UpsamplerError subclasses for every failure."""
-    body: dict[str, Any] = {"messages": messages, "temperature": TEMPERATURE, "max_tokens": MAX_TOKENS,
-                            "stream": bool(config.stream)}
+    body: dict[str, Any] = {
+        "messages": messages,
+        "temperature": TEMPERATURE,
+        "max_tokens": MAX_TOKENS,
+        "stream": bool(config.stream),
+    }
     if config.model.strip():
         body["model"] = config.model.strip()
-    headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if config.stream else "application/json"}
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "text/event-stream" if config.stream else "application/json",
+    }
     if config.api_key.strip():
         headers["Authorization"] = f"Bearer {config.api_key.strip()}"
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
@@ -269,7 +294,8 @@ def _opener(url: str):
 def _timeout(url: str, timeout: float) -> UpsamplerTimeoutError:
     return UpsamplerTimeoutError(
         f"The LLM endpoint {url} sent nothing for {timeout:g} s. A model on a CPU can be slow: raise the "
-        f"timeout in {SETTING}, turn streaming on, or use a smaller model.")
+        f"timeout in {SETTING}, turn streaming on, or use a smaller model."
+    )
 
 
 def _read_quietly(exc: urllib.error.HTTPError) -> bytes:
@@ -281,11 +307,16 @@ def _read_quietly(exc: urllib.error.HTTPError) -> bytes:
 
 def _http_error(url: str, status: int, body: bytes) -> UpsamplerHTTPError:
     reason = _server_message(body)
-    hint = {401: "Check the API key.", 403: "Check the API key.",
-            404: "Check the URL (most servers want .../v1) and the model name.",
-            429: "The server is busy or over its quota: try again later."}.get(status, "Check the server's log.")
-    return UpsamplerHTTPError(f"The LLM endpoint {url} answered HTTP {status}" + (f": {reason}" if reason else "")
-                              + f". {hint}", upstream_status=status)
+    hint = {
+        401: "Check the API key.",
+        403: "Check the API key.",
+        404: "Check the URL (most servers want .../v1) and the model name.",
+        429: "The server is busy or over its quota: try again later.",
+    }.get(status, "Check the server's log.")
+    return UpsamplerHTTPError(
+        f"The LLM endpoint {url} answered HTTP {status}" + (f": {reason}" if reason else "") + f". {hint}",
+        upstream_status=status,
+    )
 
 
 def _server_message(body: bytes) -> str:
@@ -309,7 +340,8 @@ def _malformed(url: str, what: str, sample: Any) -> UpsamplerResponseError:
     shown = sample if isinstance(sample, str) else json.dumps(sample)[:200]
     return UpsamplerResponseError(
         f"The LLM endpoint {url} did not answer with an OpenAI chat completion ({what}: {shown[:200]!r}). Is the "
-        "URL the server's OpenAI-compatible API (usually ending in /v1)?")
+        "URL the server's OpenAI-compatible API (usually ending in /v1)?"
+    )
 
 
 def _read_completion(raw: bytes, url: str) -> tuple[str, Optional[str]]:
@@ -349,7 +381,8 @@ def _read_stream(response, url: str, deadline: float, timeout: float) -> tuple[s
         if time.monotonic() > deadline:
             raise UpsamplerTimeoutError(
                 f"The LLM endpoint {url} was still streaming after {STREAM_TOTAL_FACTOR * timeout:g} s "
-                f"({STREAM_TOTAL_FACTOR} x the timeout). Raise the timeout in {SETTING} or use a faster model.")
+                f"({STREAM_TOTAL_FACTOR} x the timeout). Raise the timeout in {SETTING} or use a faster model."
+            )
         line = raw.decode("utf-8", "replace").strip()
         if not line.startswith("data:"):
             continue  # blank separators, ": keep-alive" comments, event:/id: fields
@@ -385,11 +418,15 @@ _THINK = re.compile(r"<(think|thinking|reasoning)>.*?</\1>", re.S | re.I)
 _THINK_END = re.compile(r"^.*</(think|thinking|reasoning)>", re.S | re.I)  # its opening tag was in the template
 _FENCE = re.compile(r"```[\w-]*")
 _INTERJECTION = re.compile(r"^(sure|certainly|of course|okay|ok|alright|absolutely|great)\b[!.,]?\s*", re.I)
-_INTRO = re.compile(r"^(here(?:'s| is| are)\b|below is\b|i(?: have|'ve) (?:rewritten|expanded)\b)[^:\n]{0,100}:\s*",
-                    re.I)
+_INTRO = re.compile(
+    r"^(here(?:'s| is| are)\b|below is\b|i(?: have|'ve) (?:rewritten|expanded)\b)[^:\n]{0,100}:\s*", re.I
+)
 _LABEL = re.compile(r"^(expanded |rewritten |dense |detailed |image |final )?(prompt|caption|description)\s*:\s*", re.I)
-_CHATTER = re.compile(r"^(note\b|\(note|i hope|let me know|feel free|this (caption|description|prompt)\b"
-                      r"|i (have|kept|added|focused)\b)", re.I)
+_CHATTER = re.compile(
+    r"^(note\b|\(note|i hope|let me know|feel free|this (caption|description|prompt)\b"
+    r"|i (have|kept|added|focused)\b)",
+    re.I,
+)
 _MARKUP = re.compile(r"^\s*(#{1,6}\s+|[-*•]\s+|>\s*|\d+[.)]\s+)")
 _QUOTES = ('"', "'", "“", "”", "‘", "’", "«", "»")
 
@@ -415,7 +452,7 @@ def clean_answer(text: str) -> tuple[str, bool]:
         return text, False
     head = text[:MAX_CHARS]
     ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", head)]
-    return (head[:ends[-1]] if ends else head.rsplit(" ", 1)[0]).strip(), True
+    return (head[: ends[-1]] if ends else head.rsplit(" ", 1)[0]).strip(), True
 
 
 def _as_prompt_text(text: str) -> str:
@@ -429,10 +466,20 @@ def _as_prompt_text(text: str) -> str:
 
 def config_from_settings(settings) -> UpsamplerConfig:
     """The upsampler of `settings.Settings` (its expand_* fields)."""
-    return UpsamplerConfig(base_url=settings.expand_url or "", model=settings.expand_model or "",
-                           api_key=settings.expand_api_key or "", timeout=float(settings.expand_timeout),
-                           stream=bool(settings.expand_stream))
+    return UpsamplerConfig(
+        base_url=settings.expand_url or "",
+        model=settings.expand_model or "",
+        api_key=settings.expand_api_key or "",
+        timeout=float(settings.expand_timeout),
+        stream=bool(settings.expand_stream),
+    )
 
 
-__all__ = ["UpsampleResult", "UpsamplerConfig", "UpsamplerError", "clean_answer", "config_from_settings",
-           "expand_prompt"]
+__all__ = [
+    "UpsampleResult",
+    "UpsamplerConfig",
+    "UpsamplerError",
+    "clean_answer",
+    "config_from_settings",
+    "expand_prompt",
+]

@@ -107,10 +107,17 @@ class OpenAIServer:
                 self._send(handler, 200, "application/json", self.malformed)
                 return
             completion = {
-                "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()),
+                "id": "chatcmpl-test",
+                "object": "chat.completion",
+                "created": int(time.time()),
                 "model": (body or {}).get("model", "stand-in"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": self._text(body)},
-                             "finish_reason": self.finish_reason}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": self._text(body)},
+                        "finish_reason": self.finish_reason,
+                    }
+                ],
             }
             self._send(handler, 200, "application/json", json.dumps(completion).encode())
             return
@@ -132,8 +139,13 @@ class OpenAIServer:
 
         def chunk(content=None, finish=None, role=None) -> str:
             delta = {k: v for k, v in (("role", role), ("content", content)) if v is not None}
-            return json.dumps({"id": "chatcmpl-test", "object": "chat.completion.chunk",
-                               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            return json.dumps(
+                {
+                    "id": "chatcmpl-test",
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
+            )
 
         handler.wfile.write(b": keep-alive\n\n")
         event(chunk(role="assistant", content=""))
@@ -142,7 +154,7 @@ class OpenAIServer:
             return
         text = self._text(body)
         size = max(1, -(-len(text) // max(1, self.chunks)))
-        pieces = [text[i:i + size] for i in range(0, len(text), size)] or [""]
+        pieces = [text[i : i + size] for i in range(0, len(text), size)] or [""]
         sent = 0
         while True:
             for piece in pieces:

@@ -9,6 +9,7 @@ import socket
 import time
 
 import pytest
+from openai_server import OpenAIServer
 
 from ella_ext.caption_upsampling import (
     EXAMPLES,
@@ -26,10 +27,11 @@ from ella_ext.errors import (
     UpsamplerUnreachableError,
 )
 from ella_ext.prompt_syntax import EXTRA_NETWORK, parse_attention, split_and
-from openai_server import OpenAIServer
 
-CAPTION = ("A matte red cube with sharp edges sits in the middle of a glossy grey table. A small blue sphere rests "
-           "against its left side. The table's surface reflects both shapes.")
+CAPTION = (
+    "A matte red cube with sharp edges sits in the middle of a glossy grey table. A small blue sphere rests "
+    "against its left side. The table's surface reflects both shapes."
+)
 
 
 @pytest.fixture
@@ -54,6 +56,7 @@ def free_port() -> int:
 
 
 # --- the protocol -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_expands_through_an_openai_chat_endpoint(llm, stream):
@@ -83,13 +86,16 @@ def test_instruction_asks_for_the_authors_caption_style():
         assert not any(w in caption.lower() for w in ("serene", "evoking", "atmosphere", "mood", "sense of"))
 
 
-@pytest.mark.parametrize("base, path", [
-    ("{url}", "/v1/chat/completions"),  # a bare host gets /v1 (llama.cpp, Ollama, LM Studio, vLLM)
-    ("{url}/", "/v1/chat/completions"),
-    ("{url}/v1", "/v1/chat/completions"),
-    ("{url}/api/v1/", "/api/v1/chat/completions"),  # a hosted router's prefix is kept
-    ("{url}/v1/chat/completions", "/v1/chat/completions"),  # the full URL as some docs give it
-])
+@pytest.mark.parametrize(
+    "base, path",
+    [
+        ("{url}", "/v1/chat/completions"),  # a bare host gets /v1 (llama.cpp, Ollama, LM Studio, vLLM)
+        ("{url}/", "/v1/chat/completions"),
+        ("{url}/v1", "/v1/chat/completions"),
+        ("{url}/api/v1/", "/api/v1/chat/completions"),  # a hosted router's prefix is kept
+        ("{url}/v1/chat/completions", "/v1/chat/completions"),  # the full URL as some docs give it
+    ],
+)
 def test_base_urls_with_or_without_v1(llm, base, path):
     expand_prompt("a cube", UpsamplerConfig(base.format(url=llm.url), stream=False))
     assert llm.requests[-1]["path"] == path
@@ -113,6 +119,7 @@ def test_a_server_that_ignores_stream_still_works(llm):
 
 
 # --- failures ----------------------------------------------------------------------------------------
+
 
 def test_endpoint_down_says_so():
     url = f"http://127.0.0.1:{free_port()}/v1"
@@ -145,7 +152,7 @@ def test_streaming_timeout_is_the_longest_pause(llm):
         llm.delay = 1.0
         expand_prompt("a cube", config(llm, timeout=0.5, stream=False))
     llm.delay, llm.chunk_delay = 0.0, 0.8  # a pause longer than the timeout
-    with pytest.raises(UpsamplerTimeoutError, match="sent nothing for 0.5 s"):
+    with pytest.raises(UpsamplerTimeoutError, match=r"sent nothing for 0\.5 s"):
         expand_prompt("a cube", config(llm, timeout=0.5, stream=True))
 
 
@@ -164,14 +171,23 @@ def test_a_model_that_does_not_stop_is_cut(llm):
     assert any("cut" in notice for notice in result.notices)
 
 
-@pytest.mark.parametrize("status, error, expected", [
-    (401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}},
-     "answered HTTP 401: Incorrect API key provided. Check the API key."),
-    (404, {"error": "model 'llama9' not found, try pulling it first"},  # Ollama's form
-     "answered HTTP 404: model 'llama9' not found, try pulling it first. Check the URL"),
-    (422, {"detail": [{"msg": "field required"}]}, 'answered HTTP 422: [{"msg": "field required"}]'),
-    (500, b"<html>Internal Server Error</html>", "answered HTTP 500: <html>Internal Server Error</html>. Check"),
-])
+@pytest.mark.parametrize(
+    "status, error, expected",
+    [
+        (
+            401,
+            {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}},
+            "answered HTTP 401: Incorrect API key provided. Check the API key.",
+        ),
+        (
+            404,
+            {"error": "model 'llama9' not found, try pulling it first"},  # Ollama's form
+            "answered HTTP 404: model 'llama9' not found, try pulling it first. Check the URL",
+        ),
+        (422, {"detail": [{"msg": "field required"}]}, 'answered HTTP 422: [{"msg": "field required"}]'),
+        (500, b"<html>Internal Server Error</html>", "answered HTTP 500: <html>Internal Server Error</html>. Check"),
+    ],
+)
 def test_http_errors_quote_the_servers_reason(llm, status, error, expected):
     llm.status, llm.error = status, error
     with pytest.raises(UpsamplerHTTPError) as info:
@@ -190,7 +206,7 @@ def test_a_long_error_body_is_cut(llm):
 @pytest.mark.parametrize("stream", [False, True])
 def test_malformed_answers(llm, stream):
     llm.malformed = b'{"choices": [{"message": '
-    with pytest.raises(UpsamplerResponseError, match="did not answer with an OpenAI chat completion.*not JSON"):
+    with pytest.raises(UpsamplerResponseError, match=r"did not answer with an OpenAI chat completion.*not JSON"):
         expand_prompt("a cube", config(llm, stream=stream))
     llm.malformed = b'{"object": "list", "data": []}'
     if not stream:  # a JSON body that is not a completion (e.g. the URL points at /v1/models)
@@ -213,6 +229,7 @@ def test_an_empty_answer(llm, reply):
 
 # --- the WebUI's syntax ------------------------------------------------------------------------------
 
+
 def test_extra_network_tags_are_not_sent_and_are_kept(llm):
     result = expand_prompt("a cat <lora:film_grain:0.8> on a sofa <hypernet:ink:1>", config(llm))
     sent = user_prompt(llm.requests[0])
@@ -230,7 +247,9 @@ def test_and_sub_prompts_and_break_parts_are_expanded_one_by_one(llm):
     assert len(llm.requests) == 3
     assert all("one of 3 parts" in user_prompt(r) for r in llm.requests)
     assert [text.strip() for text, _w in split_and(result.prompt)] == [
-        "Caption of a red cube. BREAK Caption of a blue sphere.", "Caption of a green cone."]
+        "Caption of a red cube. BREAK Caption of a blue sphere.",
+        "Caption of a green cone.",
+    ]
     assert [w for _t, w in split_and(result.prompt)] == [1.0, 0.5]
 
 
@@ -265,27 +284,35 @@ def test_a_dense_prompt_is_left_alone_unless_forced(llm):
 
 
 def test_the_answer_cannot_smuggle_in_syntax(llm):
-    llm.reply = ("A red cube (about 5 cm wide) AND a [blue] sphere BREAK on a table <lora:evil:1>, "
-                 "with a 3:2 aspect \\ ratio.")
+    llm.reply = (
+        "A red cube (about 5 cm wide) AND a [blue] sphere BREAK on a table <lora:evil:1>, with a 3:2 aspect \\ ratio."
+    )
     result = expand_prompt("a cube", config(llm))
     assert len(split_and(result.prompt)) == 1
     assert all(weight == 1.0 for _text, weight in parse_attention(result.prompt))  # no emphasis, no BREAK
     assert "".join(text for text, _w in parse_attention(result.prompt)) == (
-        "A red cube (about 5 cm wide) and a [blue] sphere break on a table lora evil:1, with a 3:2 aspect / ratio.")
+        "A red cube (about 5 cm wide) and a [blue] sphere break on a table lora evil:1, with a 3:2 aspect / ratio."
+    )
     assert not EXTRA_NETWORK.search(result.prompt)
 
 
-@pytest.mark.parametrize("answer, caption", [
-    ("Here is the expanded prompt:\n\nA red cube on a table.", "A red cube on a table."),
-    ('Sure! Here\'s a dense caption for your prompt: "A red cube on a table."', "A red cube on a table."),
-    ("**Caption:** A red cube on a table.\n\nNote: I kept the colours you gave.", "A red cube on a table."),
-    ("<think>\nThe user wants a cube.\n</think>\n\nA red cube on a table.", "A red cube on a table."),
-    ("The user wants a cube.</think>A red cube on a table.", "A red cube on a table."),  # think opened by the template
-    ("```\nA red cube\non a table.\n```", "A red cube on a table."),
-    ("- A red cube.\n- It is on a table.\n\nI hope this helps!", "A red cube. It is on a table."),
-    ("“A red cube on a table.”", "A red cube on a table."),
-    ('A sign reads "OPEN".', 'A sign reads "OPEN".'),  # quotes inside the caption stay
-])
+@pytest.mark.parametrize(
+    "answer, caption",
+    [
+        ("Here is the expanded prompt:\n\nA red cube on a table.", "A red cube on a table."),
+        ('Sure! Here\'s a dense caption for your prompt: "A red cube on a table."', "A red cube on a table."),
+        ("**Caption:** A red cube on a table.\n\nNote: I kept the colours you gave.", "A red cube on a table."),
+        ("<think>\nThe user wants a cube.\n</think>\n\nA red cube on a table.", "A red cube on a table."),
+        (
+            "The user wants a cube.</think>A red cube on a table.",
+            "A red cube on a table.",
+        ),  # think opened by the template
+        ("```\nA red cube\non a table.\n```", "A red cube on a table."),
+        ("- A red cube.\n- It is on a table.\n\nI hope this helps!", "A red cube. It is on a table."),
+        ("“A red cube on a table.”", "A red cube on a table."),
+        ('A sign reads "OPEN".', 'A sign reads "OPEN".'),  # quotes inside the caption stay
+    ],
+)
 def test_clean_answer(answer, caption):
     assert clean_answer(answer) == (caption, False)
 
@@ -297,13 +324,18 @@ def test_clean_answer_bounds_the_length_at_a_sentence_end():
 
 # --- in the WebUI: settings, the accordion's buttons, the API, the `expand` argument ------------------
 
+
 @pytest.fixture
 def webui_llm(webui, llm, monkeypatch):
     """The fake WebUI with its caption-upsampling settings pointing at the stand-in server."""
     from modules import shared
 
-    for key, value in {"ella_expand_url": llm.url + "/v1", "ella_expand_model": "stand-in",
-                       "ella_expand_timeout": 5, "ella_expand_stream": True}.items():
+    for key, value in {
+        "ella_expand_url": llm.url + "/v1",
+        "ella_expand_model": "stand-in",
+        "ella_expand_timeout": 5,
+        "ella_expand_stream": True,
+    }.items():
         monkeypatch.setitem(shared.opts.data, key, value)
     webui.extension._expansions.clear()
     yield webui
@@ -314,8 +346,13 @@ def test_settings_rows_are_registered_with_a_password_field(webui):
     from modules import shared
 
     labels = shared.opts.data_labels
-    assert {"ella_expand_url", "ella_expand_model", "ella_expand_api_key", "ella_expand_timeout",
-            "ella_expand_stream"} <= set(labels)
+    assert {
+        "ella_expand_url",
+        "ella_expand_model",
+        "ella_expand_api_key",
+        "ella_expand_timeout",
+        "ella_expand_stream",
+    } <= set(labels)
     assert labels["ella_expand_api_key"].component_args == {"type": "password"}
     assert labels["ella_expand_url"].default == "" and labels["ella_expand_stream"].default is True
     assert webui.extension.upsampler().enabled is False  # off until the user sets a URL
@@ -344,10 +381,10 @@ def build_accordion(webui, img2img=False):
 def test_expand_button_rewrites_the_tabs_prompt_and_undo_restores_it(webui_llm, llm, img2img):
     import gradio
 
-    _script, components, prompt, negative, by_id, prefix = build_accordion(webui_llm, img2img)
+    _script, _components, prompt, negative, by_id, prefix = build_accordion(webui_llm, img2img)
     button, undo = by_id[prefix + "expand_button"], by_id[prefix + "undo_expand"]
     assert button.label is None and button.value == "Expand for ELLA" and undo.kwargs["visible"] is False
-    (on_expand, inputs, outputs), = button.handlers
+    ((on_expand, inputs, outputs),) = button.handlers
     assert inputs[0] is prompt and inputs[2] is negative and outputs[0] is prompt
     assert outputs[2] is by_id[prefix + "expand_status"] and outputs[3] is undo
     history = inputs[1]
@@ -364,7 +401,7 @@ def test_expand_button_rewrites_the_tabs_prompt_and_undo_restores_it(webui_llm, 
     assert again == "A second caption. <lora:toy:1>"
     assert history_value == ["a red cube <lora:toy:1>", new_prompt]
 
-    (on_undo, undo_inputs, undo_outputs), = undo.handlers
+    ((on_undo, undo_inputs, undo_outputs),) = undo.handlers
     assert undo_inputs == [history] and undo_outputs[0] is prompt
     restored, history_value, status, undo_update = on_undo(history_value)
     assert restored == new_prompt and undo_update["visible"] is True
@@ -384,8 +421,9 @@ def test_expand_button_errors_warn_and_leave_the_prompt(webui_llm, llm, monkeypa
     prompt, history, status, undo = on_expand("a red cube", ["older"], "")
     assert prompt == history == undo == {"__type__": "update"}  # nothing changes
     assert "HTTP 503: Loading model" in status and "color" in status
-    assert gradio.warnings == [f"The LLM endpoint {llm.url}/v1/chat/completions answered HTTP 503: Loading model. "
-                               "Check the server's log."]
+    assert gradio.warnings == [
+        f"The LLM endpoint {llm.url}/v1/chat/completions answered HTTP 503: Loading model. Check the server's log."
+    ]
     monkeypatch.setitem(shared.opts.data, "ella_expand_url", "")  # off: said, nothing sent
     count = len(llm.requests)
     _prompt, _history, status, _undo = on_expand("a red cube", [], "")
@@ -409,11 +447,16 @@ def test_api_expand_route(webui_llm, llm, monkeypatch):
     from test_model_setup import call, serve_app
 
     with serve_app(webui_llm) as base:
-        status, body = call(base, "POST", "/ella/v1/expand", {"prompt": "a red cube <lora:toy:1>",
-                                                              "negative_prompt": "blurry"})
+        status, body = call(
+            base, "POST", "/ella/v1/expand", {"prompt": "a red cube <lora:toy:1>", "negative_prompt": "blurry"}
+        )
         assert status == 200, body
-        assert body == {"prompt": f"{CAPTION} <lora:toy:1>", "original": "a red cube <lora:toy:1>", "changed": True,
-                        "notices": ["Kept <lora:toy:1> as written (not sent to the LLM)."]}
+        assert body == {
+            "prompt": f"{CAPTION} <lora:toy:1>",
+            "original": "a red cube <lora:toy:1>",
+            "changed": True,
+            "notices": ["Kept <lora:toy:1> as written (not sent to the LLM)."],
+        }
         status, body = call(base, "POST", "/ella/v1/expand", {"prompt": CAPTION * 3})
         assert status == 200 and body["changed"] is False  # already dense; "force": true rewrites it
         status, body = call(base, "POST", "/ella/v1/expand", {"prompt": CAPTION * 3, "force": True})
@@ -443,8 +486,9 @@ def test_expand_argument_rewrites_the_prompt_for_t5_and_keeps_the_original(webui
 
     model = webui_llm.model()
     original = "a red cube <lora:toy:0.5>"
-    status, body = webui_env.run(webui_llm, webui_env.payload(original, n_iter=2) | {
-        "alwayson_scripts": webui_env.ella(expand=True)})
+    status, body = webui_env.run(
+        webui_llm, webui_env.payload(original, n_iter=2) | {"alwayson_scripts": webui_env.ella(expand=True)}
+    )
     assert status == 200, body
     assert len(llm.requests) == 1  # one prompt, one expansion for the whole job
     expanded = f"{CAPTION} <lora:toy:0.5>"
@@ -462,8 +506,9 @@ def test_expand_argument_rewrites_the_prompt_for_t5_and_keeps_the_original(webui
     assert "ELLA original prompt" not in ELLAArgs(enabled=True, model="m", t5="t").infotext()
 
     # the next job with the same prompt reuses the expansion (XYZ cells, Generate again)
-    status, body = webui_env.run(webui_llm, webui_env.payload(original) | {
-        "alwayson_scripts": webui_env.ella(expand=True)})
+    status, body = webui_env.run(
+        webui_llm, webui_env.payload(original) | {"alwayson_scripts": webui_env.ella(expand=True)}
+    )
     assert status == 200 and len(llm.requests) == 1 and body["info"].splitlines()[0] == expanded
 
 
@@ -473,8 +518,9 @@ def test_expand_argument_batch_and_hires_prompts(webui_llm, llm):
     from modules import infotext_utils
 
     llm.reply = lambda body: f"Dense {body['messages'][-1]['content'][8:]}."
-    p = webui_env.payload(["a red cube", "a blue cone"], batch_size=2, enable_hr=True, hr_second_pass_steps=2,
-                          hr_prompt="", hr_cfg=7.0)
+    p = webui_env.payload(
+        ["a red cube", "a blue cone"], batch_size=2, enable_hr=True, hr_second_pass_steps=2, hr_prompt="", hr_cfg=7.0
+    )
     status, body = webui_env.run(webui_llm, p | {"alwayson_scripts": webui_env.ella(expand=True)})
     assert status == 200, body
     assert [t.splitlines()[0] for t in body["infotexts"]] == ["Dense a red cube.", "Dense a blue cone."]
@@ -497,6 +543,7 @@ def test_expand_argument_failure_stops_the_job_with_the_message(webui_llm, llm):
     # an already dense prompt is used as it is, the LLM not asked
     llm.status, llm.error = 200, None
     count = len(llm.requests)
-    status, body = webui_env.run(webui_llm, webui_env.payload(CAPTION * 2) | {
-        "alwayson_scripts": webui_env.ella(expand=True)})
+    status, body = webui_env.run(
+        webui_llm, webui_env.payload(CAPTION * 2) | {"alwayson_scripts": webui_env.ella(expand=True)}
+    )
     assert status == 200 and len(llm.requests) == count and "ELLA original prompt" not in body["info"]
