@@ -39,8 +39,10 @@ def _has_llama_cpp() -> bool:
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     if not _has_llama_cpp():
-        pytest.skip(f"{PYTHON} has no llama_cpp.server and gguf: pip install 'llama-cpp-python[server]' gguf there, "
-                    "or set ELLA_LLAMA_PYTHON to an interpreter that has them")
+        pytest.skip(
+            f"{PYTHON} has no llama_cpp.server and gguf: pip install 'llama-cpp-python[server]' gguf there, "
+            "or set ELLA_LLAMA_PYTHON to an interpreter that has them"
+        )
     model = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
     subprocess.run([PYTHON, str(HERE / "tiny_gguf.py"), str(model)], check=True, timeout=120)
     with socket.socket() as s:
@@ -48,9 +50,28 @@ def llama_server(tmp_path_factory):
         port = s.getsockname()[1]
     log = (model.parent / "server.log").open("wb")
     server = subprocess.Popen(
-        [PYTHON, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "tiny", "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "4096", "--chat_format", "chatml", "--n_threads", "2"],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            PYTHON,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model),
+            "--model_alias",
+            "tiny",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "4096",
+            "--chat_format",
+            "chatml",
+            "--n_threads",
+            "2",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
