@@ -23,7 +23,7 @@ class ELLAScript(scripts.Script):
         return ui.build(self, EXTENSION)
 
     def after_component(self, component, **kwargs):
-        ui.seen_component(self, component, kwargs.get("elem_id"))
+        ui.seen_component(self, component, kwargs.get("elem_id") or getattr(component, "elem_id", None))
 
     def process(self, p, *args):
         EXTENSION.process(p, args)
