@@ -465,12 +465,16 @@ def _as_prompt_text(text: str) -> str:
 
 
 def config_from_settings(settings) -> UpsamplerConfig:
-    """The upsampler of `settings.Settings` (its expand_* fields)."""
+    """The upsampler of `settings.Settings` (its expand_* fields); a timeout that is not a number gives 60 s."""
+    try:
+        timeout = float(settings.expand_timeout)
+    except (TypeError, ValueError):
+        timeout = UpsamplerConfig.timeout
     return UpsamplerConfig(
-        base_url=settings.expand_url or "",
-        model=settings.expand_model or "",
-        api_key=settings.expand_api_key or "",
-        timeout=float(settings.expand_timeout),
+        base_url=str(settings.expand_url or ""),
+        model=str(settings.expand_model or ""),
+        api_key=str(settings.expand_api_key or ""),
+        timeout=timeout,
         stream=bool(settings.expand_stream),
     )
 

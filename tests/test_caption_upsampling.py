@@ -261,6 +261,37 @@ def test_prompt_editing_is_not_expanded(llm):
     assert llm.requests == []
 
 
+@pytest.mark.parametrize(
+    "prompt, scheduled",
+    [
+        ("a [a:b:0.5]", True),
+        ("[a|b]", True),
+        ("a [b:3]", True),
+        ("[a::5]", True),
+        ("a [blurry] cat", False),
+        ("(a:1.2) b", False),
+        ("unbalanced [a:b", False),
+        (r"\[a:b:1\]", False),
+        ("a | b", False),
+    ],
+)
+def test_has_scheduling(prompt, scheduled):
+    from ella_ext.prompt_syntax import has_scheduling
+
+    assert has_scheduling(prompt) is scheduled
+
+
+def test_settings_become_the_config():
+    from ella_ext.caption_upsampling import config_from_settings
+    from ella_ext.settings import Settings
+
+    assert config_from_settings(Settings()) == UpsamplerConfig("", "", "", 60.0, True)
+    settings = Settings(
+        expand_url="http://h:1/v1", expand_model="m", expand_api_key="k", expand_timeout="x", expand_stream=False
+    )
+    assert config_from_settings(settings) == UpsamplerConfig("http://h:1/v1", "m", "k", 60.0, False)
+
+
 def test_emphasis_is_sent_as_plain_words_and_said(llm):
     result = expand_prompt(r"a (red:1.3) cube, [blurry] \(toy\)", config(llm))
     assert user_prompt(llm.requests[0]) == "Prompt: a red cube, blurry (toy)"
