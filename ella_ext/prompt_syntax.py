@@ -252,7 +252,7 @@ def has_scheduling(prompt: str) -> bool:
         tree = _ScheduleParser(prompt).parse()
     except _Fail:
         return False
-    found = []
+    found: list[Union[_Scheduled, _Alternate]] = []
     _walk(tree, found.append)
     return bool(found)
 
