@@ -11,13 +11,19 @@
     DELETE /ella/v1/download                                 cancel; the next POST resumes
     POST   /ella/v1/tokens  {"prompt": "...", "t5": ..., ...}  T5 tokens of a prompt and whether ELLA cuts it
                                                              (the tokenizer only; see token_count.py)
+    POST   /ella/v1/expand  {"prompt": ..., "negative_prompt": "", "force": false}
+                                                             caption upsampling through the LLM set in the
+                                                             settings: {"prompt", "original", "changed",
+                                                             "notices"}; 409 when no endpoint is set, 502/503/
+                                                             504 when the LLM fails (the detail says how)
 
 FastAPI is imported when the routes are registered (it ships with every WebUI), not at import.
 No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime.
 """
 
 import secrets
-from typing import TYPE_CHECKING, Dict, List, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from .errors import ELLAError
 from .model_setup import ModelSetup
@@ -30,8 +36,9 @@ MAX_WAIT = 60.0
 
 
 def register_routes(app, setup: ModelSetup, *, credentials: Optional[Dict[str, str]] = None,
-                    tokens: Optional["TokenCounter"] = None) -> None:
-    """Add the routes to the WebUI's FastAPI `app`; `credentials` (user -> password) as the WebUI's --api-auth."""
+                    tokens: Optional["TokenCounter"] = None, expand: Optional[Callable[..., Any]] = None) -> None:
+    """Add the routes to the WebUI's FastAPI `app`; `credentials` (user -> password) as the WebUI's --api-auth;
+    `tokens` serves /tokens; `expand(prompt, negative=, force=)` -> UpsampleResult serves /expand."""
     from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response
     from fastapi.security import HTTPBasic, HTTPBasicCredentials
     from pydantic import BaseModel
@@ -91,6 +98,8 @@ def register_routes(app, setup: ModelSetup, *, credentials: Optional[Dict[str, s
 
     if tokens is not None:
         add_token_route(router, tokens)
+    if expand is not None:
+        _expand_route(router, expand)
     app.include_router(router)
 
 
@@ -119,3 +128,21 @@ def add_token_route(router, counter: "TokenCounter") -> None:
         except ELLAError as exc:
             raise HTTPException(status_code=exc.status_code, detail=str(exc))
         return count.to_dict()
+
+
+def _expand_route(router, expand: Callable[..., Any]) -> None:
+    from fastapi import HTTPException
+    from pydantic import BaseModel
+
+    class ExpandRequest(BaseModel):
+        prompt: str
+        negative_prompt: str = ""
+        force: bool = False  # also rewrite a prompt that is already a dense description
+
+    @router.post("/expand")
+    def expand_prompt(request: ExpandRequest):
+        try:
+            result = expand(request.prompt, negative=request.negative_prompt, force=request.force)
+        except ELLAError as exc:
+            raise HTTPException(status_code=exc.status_code, detail=str(exc)) from None
+        return result.to_dict()

@@ -53,6 +53,7 @@ INFO_MODEL = "ELLA"  # present in every infotext of an ELLA image: it is what tu
 INFO_TRUNCATED = "ELLA truncated"
 INFO_EMPHASIS_IGNORED = "ELLA emphasis ignored"
 INFO_ADETAILER = "ELLA ADetailer"
+INFO_ORIGINAL_PROMPT = "ELLA original prompt"  # the prompt before caption upsampling (the `expand` argument)
 
 IN_CLIP_MODE = ("mode", Conditioning.ELLA_CLIP)
 
@@ -115,6 +116,13 @@ class ELLAArgs:
     clip_negative: str = arg(
         "", str, "CLIP negative prompt (empty: the negative prompt)", "textbox", lines=2, infotext="ELLA CLIP negative",
         applies_when=IN_CLIP_MODE, hint="ELLA + CLIP mode: the text CLIP encodes instead of the negative prompt.")
+    # caption upsampling at job time; no infotext key: the image's prompt is the expanded text (what T5 read), so
+    # pasting it reproduces the image with expand off, and the original is recorded as INFO_ORIGINAL_PROMPT
+    expand: bool = arg(
+        False, bool, "Expand the prompt for ELLA when generating (caption upsampling)", "checkbox",
+        hint="Before the job, the LLM set in Settings rewrites the prompt into the dense caption ELLA was trained on; "
+             "the image's prompt is the expanded text and its infotext keeps the original. If the LLM fails, the job "
+             "stops with its message. A prompt that is already a dense description is left as it is.")
 
     # --- the schema -----------------------------------------------------------------------------
 

@@ -73,3 +73,43 @@ class IncompatibleExtensionError(ELLAError):
     """Another extension's setting cannot work with ELLA; the message names it and the fix."""
 
     default_status = 422
+
+
+class UpsamplerError(ELLAError):
+    """Caption upsampling (the LLM that expands a prompt) failed; the message names the endpoint and the fix."""
+
+    default_status = 502
+
+
+class UpsamplerOffError(UpsamplerError):
+    """No LLM endpoint is set: nothing is sent anywhere."""
+
+    default_status = 409
+
+
+class UpsamplerUnreachableError(UpsamplerError):
+    """The endpoint refused the connection, its host is unknown, or it closed the connection without answering."""
+
+    default_status = 503
+
+
+class UpsamplerTimeoutError(UpsamplerError):
+    """The endpoint did not answer (or stopped streaming) within the timeout."""
+
+    default_status = 504
+
+
+class UpsamplerHTTPError(UpsamplerError):
+    """The endpoint answered with an HTTP error; `upstream_status` is its status, the message quotes its reason."""
+
+    default_status = 502
+
+    def __init__(self, message: str, *, upstream_status: int):
+        super().__init__(message)
+        self.upstream_status = upstream_status
+
+
+class UpsamplerResponseError(UpsamplerError):
+    """The endpoint's answer is not an OpenAI chat completion, or holds no usable text."""
+
+    default_status = 502

@@ -245,6 +245,18 @@ def prompt_schedule(prompt: str, steps: int, hires_steps: Optional[int] = None, 
     return [(step, _render(tree, step)) for step in sorted(points)]
 
 
+def has_scheduling(prompt: str) -> bool:
+    """Whether the prompt uses prompt editing ``[a:b:N]`` or alternation ``[a|b]`` (a prompt the WebUI cannot
+    parse has neither: it is used unscheduled)."""
+    try:
+        tree = _ScheduleParser(prompt).parse()
+    except _Fail:
+        return False
+    found: list[Union[_Scheduled, _Alternate]] = []
+    _walk(tree, found.append)
+    return bool(found)
+
+
 def text_at_step(schedule: Schedule, step: int) -> str:
     """The WebUI's rule: the first entry whose end_at_step >= step; the first entry if none is."""
     for end, text in schedule:

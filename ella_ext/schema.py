@@ -175,7 +175,7 @@ class Setting:
 
     key: Optional[str]  # the WebUI option, e.g. "ella_t5_precision"
     label: str = ""
-    control: str = "checkbox"  # "checkbox" | "radio" | "slider" | "textbox"
+    control: str = "checkbox"  # "checkbox" | "radio" | "slider" | "textbox" | "password" (a textbox showing dots)
     info: str = ""
     kind: Optional[type] = None  # a Choice subclass, stored in the options by its label
     minimum: Optional[float] = None

@@ -23,6 +23,9 @@ class ELLAScript(scripts.Script):
     def ui(self, is_img2img):
         return ui.build(self, EXTENSION)
 
+    def after_component(self, component, **kwargs):
+        ui.seen_component(self, component, kwargs.get("elem_id") or getattr(component, "elem_id", None))
+
     def process(self, p, *args):
         EXTENSION.process(p, args)
 

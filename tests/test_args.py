@@ -57,8 +57,15 @@ def test_bad_dicts_name_the_field(payload, message):
 
 
 def test_too_many_positional_args():
-    with pytest.raises(ArgumentError, match="at most 12 positional"):
-        ELLAArgs.from_script_args(UI + ["clip text", "clip negative", 1])
+    with pytest.raises(ArgumentError, match="at most 13 positional"):
+        ELLAArgs.from_script_args([*UI, "clip text", "clip negative", False, 1])
+
+
+def test_positional_lists_without_expand_still_work():
+    # API clients written before caption upsampling send 12 values: expand stays off
+    args = ELLAArgs.from_script_args([*UI, "clip text", "clip negative"])
+    assert args.expand is False and args.clip_prompt == "clip text"
+    assert ELLAArgs.from_script_args([*UI, "clip text", "clip negative", True]).expand is True
 
 
 def test_positional_lists_of_older_versions_still_work():

@@ -277,10 +277,10 @@ def test_infotext_paste_restores_the_accordion(webui):
     params = infotext_utils.parse_generation_parameters(body["info"])
     values = list(infotext_utils.paste(script, params).values())
     assert values == [True, MODEL_NAME, T5_NAME, "Fixed 128", "ELLA + CLIP", "ELLA", 0.1, 0.9, "Ignore", "Truncate to 128",
-                      clip_prompt, "blurry"]
+                      clip_prompt, "blurry", False]
     # an infotext without ELLA turns the accordion off and leaves the rest alone
     off = list(infotext_utils.paste(script, {"Steps": "20"}).values())
-    assert off == [False] + [None] * 11
+    assert off == [False] + [None] * 12
 
 
 def test_infotext_field_of_the_api_reproduces_the_job(webui):

@@ -15,7 +15,8 @@ import weakref
 from typing import Any, Callable, Optional, Sequence
 
 from .. import backends, companions
-from ..args import INFO_EMPHASIS_IGNORED, INFO_TRUNCATED, ELLAArgs
+from ..args import INFO_EMPHASIS_IGNORED, INFO_ORIGINAL_PROMPT, INFO_TRUNCATED, ELLAArgs
+from ..caption_upsampling import UpsamplerConfig, UpsampleResult, config_from_settings, expand_prompt
 from ..discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, list_ella_models, list_t5_encoders
 from ..errors import ELLAError, UnsupportedModelError
 from ..logs import log, show_on_console
@@ -27,6 +28,8 @@ from .progress import ProgressText, interrupted
 from .prompt_parser import prompt_syntax
 from .settings import api_credentials, model_roots, read_settings
 from .xyz import OVERRIDES_ATTR
+
+EXPANSIONS_KEPT = 64
 
 
 class ELLAExtension:
@@ -46,6 +49,9 @@ class ELLAExtension:
         self.model_setup = ModelSetup(self.roots)  # the first-run row and the /ella/v1 API
         self.token_counter = TokenCounter(self.roots, lambda: self.syntax, lambda: self.default_models()["t5"])
         self._open_jobs: list[weakref.ref] = []  # ELLA jobs between their first sampling and postprocess
+        # (prompt, negative, config) -> UpsampleResult of the `expand` argument: the cells of an XYZ plot, a
+        # batch count and the next Generate use the same expansion of the same prompt
+        self._expansions: dict[tuple, UpsampleResult] = {}
 
     @property
     def syntax(self) -> PromptSyntax:
@@ -82,10 +88,53 @@ class ELLAExtension:
             log.error("%s", exc)
 
     def register_api(self, _demo, app) -> None:
-        """app_started: ELLA's /ella/v1 routes (models, download, check, tokens) on the WebUI's FastAPI app."""
+        """app_started: ELLA's /ella/v1 routes (models, download, check, tokens, expand) on the WebUI's FastAPI app."""
         from ..api import register_routes
 
-        register_routes(app, self.model_setup, credentials=api_credentials(), tokens=self.token_counter)
+        register_routes(app, self.model_setup, credentials=api_credentials(), tokens=self.token_counter,
+                        expand=self.expand)
+
+    # --- caption upsampling ---
+
+    def upsampler(self) -> UpsamplerConfig:
+        """The LLM endpoint of the settings as they are now (read at every use: no restart after a change)."""
+        self.refresh_settings()
+        return config_from_settings(self.runtime.settings)
+
+    def expand(self, prompt: str, *, negative: str = "", force: bool = False) -> UpsampleResult:
+        """The prompt rewritten by the settings' LLM (the accordion's button, the API, the `expand` argument)."""
+        return expand_prompt(prompt, self.upsampler(), negative=negative, force=force)
+
+    def expand_job_prompts(self, p) -> None:
+        """The `expand` argument: every distinct prompt of the job (and its hires prompts) rewritten before the
+        batches are cut from them, so T5, CLIP and the infotext all see the expanded text, as if the user had
+        pressed the button. The originals go to the infotext. An LLM failure raises: the job stops."""
+        config = self.upsampler()
+        negative = (getattr(p, "all_negative_prompts", None) or [""])[0]
+        texts = list(dict.fromkeys([*p.all_prompts, *(getattr(p, "all_hr_prompts", None) or [])]))
+        results: dict[str, UpsampleResult] = {}
+        for index, text in enumerate(texts):
+            key = (text, negative, config)
+            if key not in self._expansions:
+                with self.runtime.activity(f"ELLA: expanding the prompt ({index + 1}/{len(texts)})" if len(texts) > 1
+                                           else "ELLA: expanding the prompt"):
+                    self._expansions[key] = expand_prompt(text, config, negative=negative)
+                while len(self._expansions) > EXPANSIONS_KEPT:
+                    self._expansions.pop(next(iter(self._expansions)))
+            results[text] = self._expansions[key]
+        for result in dict.fromkeys(results.values()):
+            for notice in result.notices:
+                log.info("ELLA caption upsampling: %s", notice)
+        originals = [results[text] for text in p.all_prompts]
+        if not any(result.changed for result in originals):
+            return
+        p.all_prompts = [result.prompt for result in originals]
+        if getattr(p, "all_hr_prompts", None):
+            p.all_hr_prompts = [results[text].prompt for text in p.all_hr_prompts]
+        if getattr(p, "main_prompt", None) in results:  # A1111 1.10+: the grid's and params.txt's prompt
+            p.main_prompt = results[p.main_prompt].prompt
+        shown = [result.original for result in originals]
+        p.extra_generation_params[INFO_ORIGINAL_PROMPT] = shown[0] if len(set(shown)) == 1 else shown
 
     # --- lifecycle ---
 
@@ -112,6 +161,8 @@ class ELLAExtension:
             from ..t5 import inspect_t5_folder
 
             inspect_t5_folder(t5_path)  # fail before sampling, not at the first encode
+            if args.expand:  # after the cheap checks: a job that cannot run asks the LLM nothing
+                self.expand_job_prompts(p)
             tsc = self.runtime.tsc(ella_path)
             encoder = self.runtime.prompt_encoder(args, t5_path, self.syntax)
             job.plan = JobPlan(

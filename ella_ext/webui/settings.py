@@ -9,7 +9,7 @@ from ..schema import from_options, setting_rows
 from ..settings import Settings
 
 SETTINGS_SECTION = ("ella", "ELLA")
-CONTROLS = {"checkbox": None, "radio": "Radio", "slider": "Slider", "textbox": "Textbox"}
+CONTROLS = {"checkbox": None, "radio": "Radio", "slider": "Slider", "textbox": "Textbox", "password": "Textbox"}
 
 
 def register_settings() -> None:
@@ -28,6 +28,8 @@ def register_settings() -> None:
             component_args.update(minimum=row.minimum, maximum=row.maximum, step=row.step)
         if row.control == "textbox":
             component_args["lines"] = row.lines
+        if row.control == "password":  # a Textbox that shows dots (Gradio 3 and 4)
+            component_args["type"] = "password"
         info = shared.OptionInfo(row.stored(row.default), row.label, getattr(gr, control) if control else None,
                                  component_args or None, section=SETTINGS_SECTION)
         if row.info:

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import html
 import json
-from typing import Any
+from typing import Any, Optional
 
 from ..args import ARGS, INFO_MODEL, ELLAArgs
 from ..discovery import KNOWN_ELLA, KNOWN_T5
+from ..errors import ELLAError
 from ..logs import log
 from . import token_counter
 
 MODEL_SETUP = "model setup"  # the first-run row: status line, Download and Check
+CAPTION_UPSAMPLING = "caption upsampling"  # Expand for ELLA / Undo expand, and the `expand` checkbox
 LAYOUT: tuple[Any, ...] = (
     ("model", "t5"),
     MODEL_SETUP,
+    CAPTION_UPSAMPLING,
     ("length", "mode", "negative"),
     ("start", "end"),
     ("clip_prompt", "clip_negative"),
@@ -35,7 +38,7 @@ def build(script, extension) -> list:
     from modules.ui_components import InputAccordion
 
     extension.refresh_settings()
-    placed = {name for group in LAYOUT if group != MODEL_SETUP for name in group}
+    placed = {name for group in LAYOUT if group not in SPECIAL_ROWS for name in group} | {"expand"}
     layout = list(LAYOUT) + [(row.name,) for row in ARGS if row.name not in placed and row.control != "accordion"]
     components: dict[str, Any] = {}
     enabled = ROWS["enabled"]
@@ -44,6 +47,9 @@ def build(script, extension) -> list:
         for group in layout:
             if group == MODEL_SETUP:
                 _model_setup_row(script, extension, components)
+                continue
+            if group == CAPTION_UPSAMPLING:
+                components["expand"] = _caption_upsampling_row(gr, script, extension)
                 continue
             condition = _shared_condition(group)
             with gr.Row(visible=condition is None or ELLAArgs().applies(group[0])) as row_block:
@@ -60,6 +66,9 @@ def build(script, extension) -> list:
     ordered = [components[row.name] for row in ARGS]
     script.infotext_fields = [(component, _infotext_field(index)) for index, component in enumerate(ordered)]
     return ordered
+
+
+SPECIAL_ROWS = (MODEL_SETUP, CAPTION_UPSAMPLING)
 
 
 def _shared_condition(group):
@@ -129,6 +138,96 @@ def _model_setup_row(script, extension, components) -> None:
     download.click(fn=on_download, inputs=[], outputs=[status, components["model"], components["t5"]],
                    show_progress=False)
     check.click(fn=on_check, inputs=[components["model"], components["t5"]], outputs=[report, status])
+
+
+# --- caption upsampling ---------------------------------------------------------------------------
+
+PROMPT_BOXES = {"prompt": "{tab}_prompt", "negative": "{tab}_neg_prompt"}  # the WebUI's elem_ids, per tab
+UNDO_KEPT = 10  # expansions that Undo can step back through
+BOXES_ATTR, EXPAND_ATTR = "_ella_prompt_boxes", "_ella_expand_wiring"
+
+
+def seen_component(script, component, elem_id: Optional[str]) -> None:
+    """Script.after_component: remember this tab's prompt boxes. The WebUI makes them before the scripts' ui(),
+    so build() finds them; should a layout make them later, the button is wired when the prompt box comes."""
+    tab = "img2img" if script.is_img2img else "txt2img"
+    role = next((r for r, pattern in PROMPT_BOXES.items() if pattern.format(tab=tab) == elem_id), None)
+    if role is None:
+        return
+    script.__dict__.setdefault(BOXES_ATTR, {})[role] = component
+    wire = script.__dict__.get(EXPAND_ATTR)
+    if wire is not None and role == "prompt":
+        wire()
+
+
+def _caption_upsampling_row(gr, script, extension):
+    """Expand for ELLA rewrites this tab's prompt box through the settings' LLM (errors are a warning and the
+    status line, never a blocked UI); Undo expand puts back the text from before, one expansion at a time (kept
+    in a State: the textbox's own Ctrl+Z does not survive a value set by the server). The checkbox is the
+    `expand` argument: the same rewrite at job time."""
+    row = ROWS["expand"]
+    with gr.Row():
+        expand_button = gr.Button("Expand for ELLA", size="sm", elem_id=script.elem_id("expand_button"))
+        undo_button = gr.Button("Undo expand", size="sm", visible=False, elem_id=script.elem_id("undo_expand"))
+        checkbox = gr.Checkbox(label=row.label, value=row.default, elem_id=script.elem_id(row.name))
+    status = gr.HTML("", elem_id=script.elem_id("expand_status"))
+    history = gr.State([])
+    on_expand, on_undo = expand_handlers(extension)
+
+    def wire() -> None:
+        boxes = script.__dict__.get(BOXES_ATTR) or {}
+        prompt = boxes.get("prompt")
+        if prompt is None or script.__dict__.get(EXPAND_ATTR) is None:
+            return
+        script.__dict__[EXPAND_ATTR] = None  # once
+        negative = boxes.get("negative")
+        inputs = [prompt, history] + ([negative] if negative is not None else [])
+        expand_button.click(fn=on_expand, inputs=inputs, outputs=[prompt, history, status, undo_button],
+                            show_progress=False)
+        undo_button.click(fn=on_undo, inputs=[history], outputs=[prompt, history, status, undo_button],
+                          show_progress=False)
+
+    script.__dict__[EXPAND_ATTR] = wire
+    wire()
+    return checkbox
+
+
+def expand_handlers(extension):
+    """(on_expand(prompt, history, negative=""), on_undo(history)): each returns the updates of (prompt box,
+    history, status line, Undo button)."""
+    import gradio as gr
+
+    keep = gr.update()
+
+    def on_expand(prompt, history, negative=""):
+        try:
+            result = extension.expand(prompt or "", negative=negative or "", force=True)
+        except ELLAError as exc:
+            warning = getattr(gr, "Warning", None)  # a toast in Gradio >= 3.40; the status line says it anyway
+            if warning is not None:
+                warning(str(exc))
+            return keep, keep, _status(str(exc), error=True), keep
+        if not result.changed:
+            return keep, keep, _status(" ".join(result.notices) or "The prompt is unchanged."), keep
+        history = [*(history or []), result.original][-UNDO_KEPT:]
+        said = " ".join(("Expanded: edit the text as you like; Undo expand puts back the prompt from before.",
+                         *result.notices))
+        return result.prompt, history, _status(said), gr.update(visible=True)
+
+    def on_undo(history):
+        history = list(history or [])
+        if not history:
+            return keep, [], _status("Nothing to undo."), gr.update(visible=False)
+        original = history.pop()
+        return original, history, _status("Restored the prompt from before the expansion."), \
+            gr.update(visible=bool(history))
+
+    return on_expand, on_undo
+
+
+def _status(text: str, error: bool = False) -> str:
+    style = ' style="color: var(--error-text-color, #c00)"' if error else ""
+    return f'<div class="ella-expand-status"{style}>{html.escape(text)}</div>'
 
 
 def _infotext_field(index: int):

@@ -1,4 +1,5 @@
-"""Opt-in suite against a running WebUI with the extension installed.
+"""Opt-in suite against a running WebUI with the extension installed (and, marked no_webui, a check against a real
+llama.cpp server that needs no WebUI: test_live_llama_cpp.py says what it needs).
 
     ELLA_WEBUI_URL=http://127.0.0.1:7861 ELLA_WEBUI_MODELS_DIR=/path/to/webui/models \
         .venv/bin/python -m pytest tests/live -v
@@ -15,12 +16,16 @@ import pytest
 from live_env import CONFIGURED, write_tiny_models
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "no_webui: a live check that needs no WebUI (it says itself what it needs)")
+
+
 def pytest_collection_modifyitems(config, items):
     if CONFIGURED:
         return
     skip = pytest.mark.skip(reason="set ELLA_WEBUI_URL and ELLA_WEBUI_MODELS_DIR to run the live WebUI suite")
     for item in items:
-        if "tests/live" in str(item.fspath):
+        if "tests/live" in str(item.fspath) and item.get_closest_marker("no_webui") is None:
             item.add_marker(skip)
 
 

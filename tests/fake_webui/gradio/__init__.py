@@ -2,6 +2,7 @@
 
 
 created = []  # every component made, in order (tests find buttons by elem_id here)
+warnings = []  # messages shown with gr.Warning (a toast in the browser)
 
 
 class Block:
@@ -76,6 +77,14 @@ class HTML(Block):
 
 class Markdown(Block):
     pass
+
+
+class State(Block):
+    """Per-browser-session value: not shown, passed to and returned from handlers."""
+
+
+def Warning(message=""):  # gradio's name
+    warnings.append(message)
 
 
 def update(**kwargs):

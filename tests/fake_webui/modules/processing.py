@@ -183,7 +183,9 @@ class Processed:
 def create_infotext(p, index):
     params = {"Steps": p.steps, "Sampler": p.sampler_name, "CFG scale": p.cfg_scale, "Seed": p.all_seeds[index],
               "Size": f"{p.width}x{p.height}", "Model": p.sd_model.sd_checkpoint_info.name}
-    params.update(p.extra_generation_params)
+    # as the WebUI's create_infotext: a list holds one value per image, a callable is asked
+    params.update({k: v[index] if isinstance(v, list) else v(p=p, index=index) if callable(v) else v
+                   for k, v in p.extra_generation_params.items()})
     return infotext_utils.create_infotext(p.all_prompts[index], p.all_negative_prompts[index], params)
 
 
