@@ -1,7 +1,7 @@
 """A local stand-in for the Hugging Face hub's file protocol, for download tests.
 
 A real HTTP server on 127.0.0.1 (random port) that answers exactly the requests huggingface_hub's
-HTTP session makes for `ella_ext.downloads` and `ella_ext.model_check`, in the hub's formats:
+HTTP session makes for `ella_ext.hub` (used by `downloads` and `model_check`), in the hub's formats:
 
 * GET  /api/models/{repo}/tree/{revision}[/{folder}][?recursive=true]  the tree listing (JSON, paged
   with a `Link: <...>; rel="next"` header like the hub);

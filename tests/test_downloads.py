@@ -17,7 +17,8 @@ import pytest
 import factories
 from ella_ext import downloads
 from ella_ext.discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, list_ella_models, list_t5_encoders
-from ella_ext.downloads import ELLA_FILE, STAGING, DownloadManager, hub_download, remote_files
+from ella_ext.downloads import STAGING, DownloadManager, hub_download
+from ella_ext.hub import ELLA_FILE, remote_files
 from ella_ext.errors import ModelFileError
 from ella_ext.tsc import TSCConfig
 from hub_server import HubServer, git_blob_sha1
