@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .discovery import check_name, strip_hash
 from .errors import ArgumentError, ModelPathError
-from .prompt_syntax import AND_SEPARATOR, EXTRA_NETWORK
+from .prompt_syntax import AND_SEPARATOR, find_extra_network
 from .schema import Arg, Choice, arg, rows, shown
 
 FIXED_LENGTH = 128  # the paper's fixed token length, and ELLA's training length
@@ -198,7 +198,7 @@ class ELLAArgs:
                     f"ELLA '{name}' contains AND: the main prompt decides the sub-prompts, and every sub-prompt gets "
                     "the same CLIP text. Remove AND from the CLIP text."
                 )
-            tag = EXTRA_NETWORK.search(text)
+            tag = find_extra_network(text)
             if tag:
                 raise ArgumentError(
                     f"ELLA '{name}' contains the extra-network tag '{tag.group(0)[:80]}'. Put LoRA/hypernetwork tags in "
