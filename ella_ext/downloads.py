@@ -31,10 +31,12 @@ from .discovery import KNOWN_T5
 from .download_status import DownloadStatus, human_size
 from .errors import ArgumentError, ELLAError, ModelFileError, TextEncoderError, exception_summary
 from .file_hashes import cached_digests, file_matches, hash_file, remember_sha256
+from .folder_lock import FolderLock
 from .hub import (
     BY_HAND,
     ELLA_FILE,
     KINDS,
+    PART,
     REPO,
     REVISION,
     HubUnavailable,
@@ -49,6 +51,7 @@ from .hub import (
     stream,
 )
 from .safetensors_file import read_header
+from .schema import shown
 from .t5 import inspect_t5_folder
 
 __all__ = [
@@ -67,7 +70,7 @@ __all__ = [
 log = logging.getLogger("ella")
 
 STAGING = ".ella-download"
-PART = ".part"
+LOCK_POLL = 0.5  # seconds between looks at a folder another process is downloading into
 ERRORS = {"ella": ModelFileError, "t5": TextEncoderError}
 
 
@@ -84,6 +87,13 @@ class _Cancelled(Exception):
     pass
 
 
+class _TooLong(Exception):
+    """The server sends more than the listed size; `declared` is its Content-Length, if it gave one."""
+
+    def __init__(self, declared: Optional[int]):
+        self.declared = declared
+
+
 @dataclass
 class _Unit:
     """One kind's files: fetched into `stage`, then moved to `dest` (the folder that holds them)."""
@@ -94,6 +104,21 @@ class _Unit:
     result: Path  # what the user gets: the ELLA file or the T5 folder
     files: list[tuple[RemoteFile, str]]  # (remote file, name relative to dest)
     whole: bool  # the T5 folder is new: move the staged folder in at once
+    target: Path  # the configured folder (models/ELLA or models/ELLA/t5): every write stays inside it
+    root: str  # its real location (through any link to another disk)
+
+    def check_inside(self, path: Path, *, follow: bool = True) -> None:
+        """Refuse a write whose real path leaves the configured folder (a link inside it pointing out).
+
+        follow=False for a rename's or an unlink's own name: those change the link, not what it points to.
+        """
+        real = os.path.realpath(path) if follow else os.path.join(os.path.realpath(path.parent), path.name)
+        if real != self.root and not real.startswith(self.root.rstrip(os.sep) + os.sep):
+            raise _error(self.kind)(
+                f"Not writing '{path}': its real location '{real}' is outside the models folder '{self.target}' "
+                f"('{self.root}'), through a link inside that folder. Remove the link (or put the folder it points to "
+                "in its place) and press Download again."
+            )
 
 
 class DownloadManager:
@@ -128,7 +153,7 @@ class DownloadManager:
         kinds = list(dict.fromkeys(kinds))
         bad = [k for k in kinds if k not in KINDS]
         if not kinds or bad:
-            raise ArgumentError(f"'kinds' must list some of {', '.join(KINDS)}; got {kinds!r}.")
+            raise ArgumentError(f"'kinds' must list some of {', '.join(KINDS)}; got {shown(kinds)}.")
         missing = [k for k in kinds if not targets.get(k)]
         if missing:
             raise ArgumentError(f"No target folder given for {', '.join(missing)}.")
@@ -162,7 +187,7 @@ class DownloadManager:
     def status(self) -> dict:
         """The current or last download, JSON-serialisable:
 
-        state ("idle", "running", "done", "error"), phase ("listing", "verifying", "downloading",
+        state ("idle", "running", "done", "error"), phase ("waiting" for another process, "listing", "verifying", "downloading",
         "installing"; "" when done), kinds, endpoint, current_file (path in the repo), files_done,
         files_total, bytes_done, bytes_total (all files of the job), speed (bytes/s over this run),
         eta (seconds; None while unknown, 0 when done), message (one line for the UI), error (the
@@ -214,7 +239,15 @@ class DownloadManager:
             st.phase, st.current_file = "", None
 
     def _run(self, kinds: list[str], dests: dict[str, Path], endpoint: str) -> None:
+        locks: list[FolderLock] = []
         try:
+            by_path = {}  # a folder given for both kinds is locked once; sorted, so two processes never deadlock
+            for kind in kinds:
+                lock = FolderLock(dests[kind])
+                by_path.setdefault(str(lock.path), lock)
+            locks = [by_path[k] for k in sorted(by_path)]
+            for lock in locks:
+                self._lock_folder(lock)
             units = [self._plan(kind, dests[kind], endpoint) for kind in kinds]
             self._check_space(units)
             for unit in units:
@@ -228,6 +261,9 @@ class DownloadManager:
             log.exception("ELLA: download failed")
             state = "error"
             error = f"The download failed unexpectedly ({exception_summary(exc)}). Try again, or {BY_HAND}."
+        finally:
+            for lock in locks:
+                lock.release()
         with self._lock:
             paths = ", ".join(f"'{p}'" for p in self._st.paths.values())
             self._end_locked(state, error=error, message=f"Downloaded and verified: {paths}.")
@@ -237,16 +273,40 @@ class DownloadManager:
             log.error("ELLA: %s", error)
         self._notify(snapshot)
 
+    def _lock_folder(self, lock: FolderLock) -> None:
+        """Take the folder's cross-process lock; while another process holds it, wait and say so."""
+        try:
+            while not lock.try_acquire():
+                self._update(
+                    phase="waiting",
+                    current_file=None,
+                    message=(
+                        f"Waiting: another WebUI process ({lock.describe_holder()}) is downloading into "
+                        f"'{lock.folder}'. This download goes on when that one ends (what it fetched is then kept)."
+                    ),
+                )
+                if self._cancel.wait(LOCK_POLL):
+                    raise _Cancelled()
+        except OSError as exc:
+            raise ELLAError(
+                f"Could not create the download lock '{lock.path}': {exc}. Check that the folder is writable."
+            ) from None
+
     def _plan(self, kind: str, target: Path, endpoint: str) -> _Unit:
         """List the hub's files and decide which still need fetching (verified ones in place are kept)."""
         self._update(phase="listing", current_file=None)
         remote = remote_files(kind, endpoint, timeout=self.timeout)
+        root = os.path.realpath(target)
         if kind == "ella":
-            unit = _Unit(kind, target, target / STAGING, target / ELLA_FILE, [(r, r.path) for r in remote], False)
+            files = [(r, r.path) for r in remote]
+            unit = _Unit(kind, target, target / STAGING, target / ELLA_FILE, files, False, target, root)
         else:
             dest = target / KNOWN_T5
             files = [(r, r.path[len(KNOWN_T5) + 1:]) for r in remote]
-            unit = _Unit(kind, dest, target / STAGING / KNOWN_T5, dest, files, not dest.exists())
+            unit = _Unit(kind, dest, target / STAGING / KNOWN_T5, dest, files, not dest.exists(), target, root)
+        for _, rel in files:  # before any byte is written: a link inside the folder must not lead writes out
+            unit.check_inside(unit.stage / (rel + PART))
+            unit.check_inside(unit.dest / rel, follow=False)
         with self._lock:
             self._st.files_total += len(unit.files)
             self._st.bytes_total += sum(r.size for r, _ in unit.files)
@@ -258,6 +318,7 @@ class DownloadManager:
             for r, rel in unit.files:
                 part = unit.stage / (rel + PART)
                 need -= min(part.stat().st_size, r.size) if part.is_file() else 0
+            unit.check_inside(unit.stage)
             unit.stage.mkdir(parents=True, exist_ok=True)
             free = shutil.disk_usage(unit.stage).free
             if need > free:
@@ -289,12 +350,22 @@ class DownloadManager:
 
     def _fetch_file(self, unit: _Unit, remote: RemoteFile, staged: Path, endpoint: str) -> None:
         part = staged.with_name(staged.name + PART)
+        unit.check_inside(part)
         part.parent.mkdir(parents=True, exist_ok=True)
         url = hub_client().url(REPO, remote.path, revision=REVISION, endpoint=endpoint)
         for attempt in range(self.retries + 1):
             try:
                 digest = self._stream_to(unit, remote, part, url)
                 break
+            except _TooLong as exc:
+                part.unlink(missing_ok=True)
+                said = f"its Content-Length is {exc.declared}" if exc.declared is not None else "it kept sending"
+                raise _error(unit.kind)(
+                    f"'{remote.path}' from {endpoint} is refused: the server sends more than the {remote.size} bytes "
+                    f"the file list gives ({said}). Nothing past the listed size was written, and what was written "
+                    f"is deleted. A mirror or proxy (HF_ENDPOINT) changes the file: use https://huggingface.co, or "
+                    f"{BY_HAND}."
+                ) from None
             except _Retry as exc:
                 have = part.stat().st_size if part.exists() else 0
                 if attempt == self.retries:
@@ -313,6 +384,7 @@ class DownloadManager:
                 f"the hub publishes {remote.expected[:16]}... (damaged in transit, or changed by a proxy). The bad "
                 "download was deleted; press Download to fetch it again."
             )
+        unit.check_inside(staged, follow=False)
         os.replace(part, staged)
         if remote.sha256:
             remember_sha256(staged, digest)
@@ -321,6 +393,7 @@ class DownloadManager:
         """Append the rest of `remote` to `part` (Range from its size); returns the whole file's hash."""
         have = part.stat().st_size if part.exists() else 0
         if have > remote.size:  # not ours: start over
+            unit.check_inside(part, follow=False)
             part.unlink()
             have = 0
         hasher = hash_file(part, remote.hasher()) if have else remote.hasher()
@@ -339,12 +412,21 @@ class DownloadManager:
                         self._update(bytes_current=0)
                     elif have and not str(response.headers.get("Content-Range", "")).startswith(f"bytes {have}-"):
                         raise _Retry(f"the server answered another range ({response.headers.get('Content-Range')})")
+                    room = remote.size - have  # the bounded writer: never more than the listed size on disk
+                    declared = _declared_length(response)
+                    if declared is not None and declared > room:
+                        raise _TooLong(declared)
                     flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0) | (os.O_APPEND if have else os.O_TRUNC)
-                    fd = self._disk(unit, remote, part, os.open, part, flags, 0o666)
+                    # O_NOFOLLOW: a link put in its place after the check above is not followed
+                    fd = self._disk(unit, remote, part, os.open, part, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
                     try:
                         for chunk in chunks:
                             if self._cancel.is_set():
                                 raise _Cancelled()
+                            if len(chunk) > room:
+                                self._disk(unit, remote, part, _write_all, fd, chunk[:room])
+                                raise _TooLong(declared)
+                            room -= len(chunk)
                             self._disk(unit, remote, part, _write_all, fd, chunk)
                             hasher.update(chunk)
                             with self._lock:
@@ -357,7 +439,7 @@ class DownloadManager:
                         self._disk(unit, remote, part, os.fsync, fd)
                     finally:
                         os.close(fd)
-            except (ELLAError, _Cancelled, _Retry):
+            except (ELLAError, _Cancelled, _Retry, _TooLong):
                 raise
             except Exception as exc:  # requests/httpx/hub errors differ by version; the status code tells them apart
                 code = status_code(exc)
@@ -405,13 +487,17 @@ class DownloadManager:
             if unit.whole:
                 listed = {unit.stage / rel for _, rel in unit.files}
                 for stale in [p for p in unit.stage.rglob("*") if p.is_file() and p not in listed]:
+                    unit.check_inside(stale, follow=False)
                     stale.unlink()  # e.g. the partial of a file the hub no longer lists
                 inspect_t5_folder(unit.stage)
                 moves = [(unit.stage / rel, unit.dest / rel) for _, rel in unit.files]
                 digests = cached_digests(moves)
+                unit.check_inside(unit.dest, follow=False)
                 os.replace(unit.stage, unit.dest)
             else:
                 moves = [(unit.stage / rel, unit.dest / rel) for rel in fetched]
+                for _, dst in moves:  # all checked before the first move: nothing is half installed
+                    unit.check_inside(dst, follow=False)
                 digests = cached_digests(moves)
                 for src, dst in moves:
                     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -424,8 +510,12 @@ class DownloadManager:
         for path, digest in digests.items():
             remember_sha256(path, digest)
         for leftover in (unit.stage, unit.stage.parent):  # remove the staging folders once empty
-            if leftover.name in (STAGING, KNOWN_T5) and leftover.is_dir() and not any(leftover.iterdir()):
-                leftover.rmdir()
+            try:  # the files are installed: a folder that cannot be removed must not turn that into an error
+                if leftover.name in (STAGING, KNOWN_T5) and not leftover.is_symlink() and leftover.is_dir():
+                    if not any(leftover.iterdir()):
+                        leftover.rmdir()
+            except OSError as exc:
+                log.warning("ELLA: could not remove the empty staging folder '%s': %s", leftover, exc)
 
 
 def _same_size(path: Path, size: int) -> bool:
@@ -434,6 +524,17 @@ def _same_size(path: Path, size: int) -> bool:
     except OSError:
         return False
 
+
+
+def _declared_length(response) -> Optional[int]:
+    """The response's Content-Length where it counts the file's bytes (not a compressed body), else None."""
+    headers = response.headers
+    if str(headers.get("Content-Encoding", "identity")).lower() not in ("", "identity"):
+        return None
+    try:
+        return int(headers.get("Content-Length"))
+    except (TypeError, ValueError):
+        return None
 
 
 def _write_all(fd: int, data: bytes) -> None:

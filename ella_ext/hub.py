@@ -34,6 +34,9 @@ BY_HAND = (
     f"{KNOWN_T5} into models/ELLA/t5 (see the README)"
 )
 _TRUE = ("1", "ON", "YES", "TRUE")
+PART = ".part"  # a partial download's suffix, beside the final name
+NAME_MAX = 255 - len(PART)  # bytes of one name: the usual file-system limit, less room for the partial's suffix
+_HEX = re.compile(r"[0-9a-f]+")
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
@@ -48,6 +51,26 @@ class HubUnavailable(ELLAError):
             f"HF_ENDPOINT, then try again; or {BY_HAND}."
         )
         self.reason = reason
+
+
+class OddListing(ELLAError):
+    """The hub's (or a mirror's) file list names a file that cannot be stored as listed."""
+
+    default_status = 502
+
+    def __init__(self, path: str, problem: str, endpoint: str):
+        super().__init__(
+            f"The file list of {REPO} from {endpoint} is refused: it lists {shown_name(path)}, {problem}. The hub "
+            f"never lists such a file: a mirror or proxy (HF_ENDPOINT) sends a list of its own. Use "
+            f"https://huggingface.co, or {BY_HAND}."
+        )
+        self.path, self.problem = path, problem
+
+
+def shown_name(path: str, limit: int = 80) -> str:
+    """A listed name for a message: quoted with its odd characters escaped, shortened when long."""
+    text = repr(path)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(path)} characters)"
 
 
 # --- the hub ----------------------------------------------------------------------------------
@@ -162,20 +185,55 @@ def remote_files(kind: str, endpoint: Optional[str] = None, *, timeout: Optional
         raise HubUnavailable(reason, endpoint) from None
     try:
         files = [
-            RemoteFile(e["path"], int(e["size"]), (e.get("lfs") or {}).get("oid"), e["oid"])
+            RemoteFile(str(e["path"]), int(e["size"]), (e.get("lfs") or {}).get("oid"), str(e["oid"]))
             for e in entries
             if e.get("type") == "file"
         ]
-    except (AttributeError, KeyError, TypeError, ValueError):
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
         raise HubUnavailable("it answered in an unknown format", endpoint) from None
     files = [f for f in files if (f.path == ELLA_FILE if kind == "ella" else f.path.startswith(KNOWN_T5 + "/"))]
     # a mirror must not be able to write outside the target folder
     unsafe = [f.path for f in files if "\\" in f.path or any(p in ("", ".", "..") for p in f.path.split("/"))]
     if unsafe:
-        raise HubUnavailable(f"it lists unsafe file names ({unsafe[0]!r}), which are refused", endpoint)
+        raise HubUnavailable(f"it lists unsafe file names ({shown_name(unsafe[0])}), which are refused", endpoint)
+    odd = listing_problem(files)
+    if odd:
+        raise OddListing(*odd, endpoint)
     if not files:
         raise HubUnavailable(f"it has no {ELLA_FILE if kind == 'ella' else KNOWN_T5 + '/'}", endpoint)
     return files
+
+
+def listing_problem(files: list[RemoteFile]) -> Optional[tuple[str, str]]:
+    """(a listed name, what is wrong with it) for the first file that cannot be stored as listed, else None."""
+    names: dict[str, str] = {}  # casefolded -> as listed
+    seen: set[str] = set()
+    paths = {f.path for f in files}
+    folders = {f.path.rsplit("/", i)[0] for f in files for i in range(1, f.path.count("/") + 1)}
+    for f in files:
+        odd = next((c for c in f.path if ord(c) < 32 or ord(c) == 127), None)
+        if odd is not None:
+            return f.path, f"whose name holds the control character U+{ord(odd):04X}"
+        longest = max(f.path.split("/"), key=lambda part: len(part.encode("utf-8", "surrogatepass")))
+        if len(longest.encode("utf-8", "surrogatepass")) > NAME_MAX:
+            return f.path, f"a name of {len(longest.encode('utf-8', 'surrogatepass'))} bytes (at most {NAME_MAX} fit)"
+        if f.size < 0:
+            return f.path, f"with a negative size ({f.size})"
+        if not (_HEX.fullmatch(f.blob_id) and len(f.blob_id) == 40):
+            return f.path, f"with a git blob id that is not 40 hex digits ({shown_name(f.blob_id, 50)})"
+        if f.sha256 is not None and not (isinstance(f.sha256, str) and _HEX.fullmatch(f.sha256) and len(f.sha256) == 64):
+            return f.path, f"with an LFS sha256 that is not 64 hex digits ({shown_name(str(f.sha256), 80)})"
+        if f.path in folders:
+            return f.path, "both as a file and as a folder holding files"
+        if f.path.endswith(PART) and f.path[: -len(PART)] in paths:
+            return f.path, f"beside {shown_name(f.path[: -len(PART)])}, whose partial download takes that name"
+        other = names.setdefault(f.path.casefold(), f.path)
+        if other != f.path:
+            return f.path, f"and {shown_name(other)}: names that differ only in case, one file on Windows and macOS"
+        if f.path in seen:
+            return f.path, "twice"
+        seen.add(f.path)
+    return None
 
 
 _OS_ERROR = re.compile(r"\[Errno -?\d+\] ([^'\"()\[\]\\]+)")
