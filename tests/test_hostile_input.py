@@ -132,3 +132,134 @@ def test_hostile_regexes_are_not_in_the_hot_paths():
     for module in (args, plan):
         source = inspect.getsource(module)
         assert not re.search(r"EXTRA_NETWORK\.(search|sub)|BREAK_SEPARATOR\.split|SUBPROMPT_WEIGHT", source), module
+
+
+# --- /ella/v1 with --api-auth: credentials first, bytes compared, nothing echoed unbounded --------------------
+
+import base64  # noqa: E402
+import json  # noqa: E402
+import urllib.error  # noqa: E402
+import urllib.request  # noqa: E402
+
+from test_model_setup import empty_webui, hub, serve_app  # noqa: E402, F401  (fixtures)
+
+from ella_ext import api  # noqa: E402
+
+USERS = "ella:pässwörd,plain:s3cret,emoji:\U0001f512key"
+
+
+def send(base, method, path, body: bytes | None = None, auth: bytes | None = None, header: str | None = None):
+    request = urllib.request.Request(base + path, data=body, method=method)
+    request.add_header("Content-Type", "application/json")
+    if auth is not None:
+        header = "Basic " + base64.b64encode(auth).decode()
+    if header is not None:
+        request.add_header("Authorization", header)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.fixture
+def api_base(empty_webui, monkeypatch):  # noqa: F811
+    from modules import shared
+
+    monkeypatch.setattr(shared.cmd_opts, "api_auth", USERS, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a POST that passes is refused (409) instead of downloading
+    with serve_app(empty_webui) as base:
+        yield base
+
+
+def test_credentials_are_checked_before_the_body_is_read(api_base):
+    for body in (b"{not json", b"\xff\xfe", b'{"kinds": 5}', b"[" * 10_000):
+        assert send(api_base, "POST", "/ella/v1/download", body)[0] == 401
+        assert send(api_base, "POST", "/ella/v1/download", body, auth=b"plain:wrong")[0] == 401
+    status, out = send(api_base, "POST", "/ella/v1/download", b"{not json", auth=b"plain:s3cret")
+    assert status == 422 and "not JSON" in json.loads(out)["detail"]
+    status, out = send(api_base, "POST", "/ella/v1/download", b'{"kinds": ["t5"]}', auth=b"plain:s3cret")
+    assert status == 409 and "HF_HUB_OFFLINE" in json.loads(out)["detail"]  # parsed and handled once authenticated
+
+
+@pytest.mark.parametrize(
+    "auth, ok",
+    [
+        ("ella:pässwörd".encode(), True),  # RFC 7617: UTF-8
+        ("ella:pässwörd".encode("latin-1"), True),  # older clients
+        ("emoji:\U0001f512key".encode(), True),
+        (b"plain:s3cret", True),
+        ("ella:passwörd".encode(), False),
+        (b"ella:", False),
+        (b"nobody:s3cret", False),
+        (b"plain", False),
+        ("plain:s3cret".encode("utf-16"), False),
+    ],
+)
+def test_non_ascii_passwords_log_in(api_base, auth, ok):
+    assert send(api_base, "GET", "/ella/v1/download", auth=auth)[0] == (200 if ok else 401)
+
+
+@pytest.mark.parametrize(
+    "header", ["Basic !!!", "Basic", "Bearer abc", "basic " + base64.b64encode(b"plain:s3cret").decode()]
+)
+def test_malformed_authorization_headers(api_base, header):
+    assert send(api_base, "GET", "/ella/v1/models", header=header)[0] == (200 if header.startswith("basic ") else 401)
+
+
+def test_responses_do_not_echo_unbounded_input(api_base):
+    huge = json.dumps({"kinds": ["x" * 5_000_000]}).encode()
+    status, out = send(api_base, "POST", "/ella/v1/download", huge, auth=b"plain:s3cret")
+    assert status == 413 and len(out) < 500
+    big = json.dumps({"kinds": ["x" * 60_000]}).encode()
+    status, out = send(api_base, "POST", "/ella/v1/download", big, auth=b"plain:s3cret")
+    assert status == 422 and "'kinds'" in json.loads(out)["detail"] and len(out) < api.MAX_DETAIL + 200
+    status, out = send(api_base, "GET", "/ella/v1/models?check=true&model=" + "m" * 8000, auth=b"plain:s3cret")
+    assert status in (200, 422) and len(out) < 200_000
+
+
+def test_credentials_match_compares_every_pair():
+    creds = {"a": "1", "b": "ü"}
+    header = "Basic " + base64.b64encode("b:ü".encode()).decode()
+    assert api.credentials_match(header, creds) and not api.credentials_match(header, {"a": "1"})
+    assert not api.credentials_match(None, creds) and not api.credentials_match("Basic " + "A" * 10_001, creds)
+
+
+routes = st.sampled_from(
+    [
+        ("GET", "/ella/v1/models"),
+        ("GET", "/ella/v1/download"),
+        ("POST", "/ella/v1/download"),
+        ("DELETE", "/ella/v1/download"),
+        ("GET", "/ella/v1/models?check=true"),
+        ("GET", "/ella/v1/download?wait=0.01"),
+        ("PUT", "/ella/v1/download"),
+    ]
+)
+bodies = st.one_of(
+    st.none(),
+    st.binary(max_size=300),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(["kinds", "x"]), c, max_size=2),
+        max_leaves=8,
+    ).map(lambda v: json.dumps(v).encode()),
+)
+auths = st.one_of(
+    st.none(), st.sampled_from([b"plain:s3cret", "ella:pässwörd".encode(), b"plain:bad"]), st.binary(max_size=40)
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(route=routes, body=bodies, auth=auths)
+def test_fuzz_the_routes_answer_in_bounded_time_without_server_errors(api_base, route, body, auth):
+    method, path = route
+    t0 = time.perf_counter()
+    status, out = send(api_base, method, path, body if method == "POST" else None, auth=auth)
+    assert time.perf_counter() - t0 < 5
+    assert status in (200, 202, 401, 405, 409, 413, 422), (status, out[:300])
+    assert len(out) < 20_000
+    if auth not in (b"plain:s3cret", "ella:pässwörd".encode()):
+        assert status in (401, 405)
