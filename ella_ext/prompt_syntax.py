@@ -371,13 +371,13 @@ def parse_attention(text: str) -> list[Segment]:
         seg[1] *= factor
     if not segments:
         segments = [["", 1.0]]
-    merged: list[list] = [segments[0]]
-    for seg in segments[1:]:
-        if seg[1] == merged[-1][1]:
-            merged[-1][0] += seg[0]
+    merged: list[tuple[list[str], float]] = [([segments[0][0]], segments[0][1])]  # texts joined once, at the end
+    for text, weight in segments[1:]:
+        if weight == merged[-1][1]:
+            merged[-1][0].append(text)
         else:
-            merged.append(seg)
-    return [(t, w) for t, w in merged]
+            merged.append(([text], weight))
+    return [("".join(texts), w) for texts, w in merged]
 
 
 def _range_products(n: int, ranges: list[tuple[int, int, float]]) -> list[float]:
