@@ -221,7 +221,9 @@ def listing_problem(files: list[RemoteFile]) -> Optional[tuple[str, str]]:
             return f.path, f"with a negative size ({f.size})"
         if not (_HEX.fullmatch(f.blob_id) and len(f.blob_id) == 40):
             return f.path, f"with a git blob id that is not 40 hex digits ({shown_name(f.blob_id, 50)})"
-        if f.sha256 is not None and not (isinstance(f.sha256, str) and _HEX.fullmatch(f.sha256) and len(f.sha256) == 64):
+        if f.sha256 is not None and not (
+            isinstance(f.sha256, str) and _HEX.fullmatch(f.sha256) and len(f.sha256) == 64
+        ):
             return f.path, f"with an LFS sha256 that is not 64 hex digits ({shown_name(str(f.sha256), 80)})"
         if f.path in folders:
             return f.path, "both as a file and as a folder holding files"
