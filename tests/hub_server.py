@@ -54,6 +54,7 @@ class HubServer:
         self.gate: Optional[threading.Event] = None
         self.gate_paths: set[str] = set()  # empty: every file waits at the gate
         self.waiting = threading.Event()
+        self.gate_timeout = 10.0  # seconds a body waits at the gate at most
         self.page_size = 1000
         self.downloads: list[tuple[str, Optional[str]]] = []  # (path, Range header) per body request
         self.listings: list[str] = []  # request paths of tree calls
@@ -205,7 +206,7 @@ class _Handler(BaseHTTPRequestHandler):
             cut = cuts.pop(0) if cuts else None
         if hub.gate is not None and (not hub.gate_paths or file in hub.gate_paths):
             hub.waiting.set()
-            hub.gate.wait(10)
+            hub.gate.wait(hub.gate_timeout)
         payload = data[start:]
         extra, with_length = hub.too_long.get(file, (0, True))
         if extra:

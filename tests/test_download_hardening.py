@@ -201,9 +201,14 @@ CHILD = textwrap.dedent("""
     import json, sys
     from ella_ext.downloads import hub_download
     said = []
+
+    def on_status(st):
+        if st["phase"] == "waiting" and not any(m.startswith("Waiting") for m in said):
+            print("waiting", flush=True)  # tells the test this process found the folder locked
+        said.append(st["message"])
+
     try:
-        path = hub_download("t5", sys.argv[1], endpoint=sys.argv[2], poll=0.05,
-                            on_status=lambda st: said.append(st["message"]))
+        path = hub_download("t5", sys.argv[1], endpoint=sys.argv[2], poll=0.05, on_status=on_status)
         print(json.dumps({"state": "done", "path": str(path), "said": said}))
     except Exception as exc:
         print(json.dumps({"state": "error", "error": str(exc), "said": said}))
@@ -225,12 +230,13 @@ def test_two_processes_sharing_a_models_folder_fetch_each_file_once(hub, tmp_pat
     target = tmp_path / "models" / "ELLA" / "t5"
     hub.gate = threading.Event()
     hub.gate_paths = {T5_MODEL}
+    hub.gate_timeout = 120  # the first holds the folder until the second, started on a loaded machine, waits
     first = child(target, hub)
     assert hub.waiting.wait(30)  # the first one is streaming the weights
     holder = FolderLock(target).holder()
     assert holder["pid"] == first.pid and holder["host"] and holder["started"] <= time.time()
     second = child(target, hub)
-    time.sleep(1.5)  # long enough for the second to find the folder locked
+    assert second.stdout.readline().strip() == "waiting"  # the second found the folder locked by the first
     hub.gate.set()
     outs = [json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1]) for p in (first, second)]
     assert [o["state"] for o in outs] == ["done", "done"], outs
