@@ -263,3 +263,13 @@ def test_fuzz_the_routes_answer_in_bounded_time_without_server_errors(api_base, 
     assert len(out) < 20_000
     if auth not in (b"plain:s3cret", "ella:pässwörd".encode()):
         assert status in (401, 405)
+
+
+@pytest.mark.parametrize("value", [10**5000, [1, 10**5000], {"a": -(10**4400)}], ids=["int", "list", "dict"])
+def test_values_too_long_for_repr_are_shown_in_a_few_words(value):
+    from ella_ext.schema import shown
+
+    text = shown(value)
+    assert "integer of" in text and len(text) < 80
+    with pytest.raises(ArgumentError, match="must be a number between 0 and 1, got a list holding an integer"):
+        ELLAArgs.from_script_args([{"enabled": True, "start": [value]}])
