@@ -7,6 +7,10 @@ whole in the staging folder and moved in when every file is verified, so a half 
 found as a model. An interrupted file keeps its bytes and the next attempt continues with an HTTP
 Range request.
 
+No write leaves the configured folder's real location (a link inside it cannot lead one out; a folder
+that is itself a link to another disk is fine), no file gets more bytes than the listing gives, and
+two processes sharing a folder take turns through `folder_lock.FolderLock`.
+
 The hub's protocol is in `hub.py`, the hash cache in `file_hashes.py`, the status text in
 `download_status.py`. huggingface_hub's `hf_hub_download` is not used: in 2.4 it deletes a partial
 file instead of resuming it on the next call, and over plain HTTP it checks sizes but not hashes.
@@ -187,8 +191,8 @@ class DownloadManager:
     def status(self) -> dict:
         """The current or last download, JSON-serialisable:
 
-        state ("idle", "running", "done", "error"), phase ("waiting" for another process, "listing", "verifying", "downloading",
-        "installing"; "" when done), kinds, endpoint, current_file (path in the repo), files_done,
+        state ("idle", "running", "done", "error"), phase ("waiting" for another process, "listing",
+        "verifying", "downloading", "installing"; "" when done), kinds, endpoint, current_file (path in the repo), files_done,
         files_total, bytes_done, bytes_total (all files of the job), speed (bytes/s over this run),
         eta (seconds; None while unknown, 0 when done), message (one line for the UI), error (the
         message, or None), paths (kind -> the installed file or folder), started_at and finished_at
