@@ -17,13 +17,21 @@
                                                              "notices"}; 409 when no endpoint is set, 502/503/
                                                              504 when the LLM fails (the detail says how)
 
+With --api-auth, credentials are checked before anything of the request is read: the POST body is
+parsed by the handler itself (a body FastAPI parses is read before any dependency runs). Passwords
+are compared as UTF-8 bytes (RFC 7617), or Latin-1 for older clients, in constant time. Error
+details are cut to MAX_DETAIL characters: nothing a client sends comes back unbounded.
+
 FastAPI is imported when the routes are registered (it ships with every WebUI), not at import.
 No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime.
 """
 
+import base64
+import binascii
+import json
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .errors import ELLAError
 from .model_setup import ModelSetup
@@ -33,30 +41,55 @@ if TYPE_CHECKING:
 
 PREFIX = "/ella/v1"
 MAX_WAIT = 60.0
+MAX_BODY = 64 * 1024  # bytes of a POST body: {"kinds": [...]} needs a few dozen, a prompt a few thousand
+MAX_DRAIN = 16 << 20  # bytes read (and dropped) of a longer body before the 413, so that the client reads it
+MAX_DETAIL = 2000  # characters of an error detail
 
 
-def register_routes(app, setup: ModelSetup, *, credentials: Optional[Dict[str, str]] = None,
+def detail(text: str) -> str:
+    """An error detail, cut to MAX_DETAIL characters."""
+    return text if len(text) <= MAX_DETAIL else f"{text[:MAX_DETAIL]}... ({len(text)} characters)"
+
+
+def credentials_match(header: Optional[str], credentials: dict[str, str]) -> bool:
+    """Whether an Authorization header carries one of the user:password pairs (Basic), in constant time."""
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        given = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    user, colon, password = given.partition(b":")
+    if not colon:
+        return False
+    found = False
+    for name, secret in credentials.items():
+        for encoding in ("utf-8", "latin-1"):  # RFC 7617's UTF-8; Latin-1 from clients that predate it
+            try:
+                want_user, want_password = name.encode(encoding), secret.encode(encoding)
+            except UnicodeEncodeError:
+                continue
+            # every pair is compared, so the time says nothing about which user name exists
+            found |= secrets.compare_digest(want_user, user) & secrets.compare_digest(want_password, password)
+    return found
+
+
+def register_routes(app, setup: ModelSetup, *, credentials: Optional[dict[str, str]] = None,
                     tokens: Optional["TokenCounter"] = None, expand: Optional[Callable[..., Any]] = None) -> None:
     """Add the routes to the WebUI's FastAPI `app`; `credentials` (user -> password) as the WebUI's --api-auth;
     `tokens` serves /tokens; `expand(prompt, negative=, force=)` -> UpsampleResult serves /expand."""
-    from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response
-    from fastapi.security import HTTPBasic, HTTPBasicCredentials
-    from pydantic import BaseModel
+    from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
     dependencies = []
     if credentials:
-        basic = HTTPBasic()
 
-        def authenticate(given: HTTPBasicCredentials = Depends(basic)):
-            expected = credentials.get(given.username)
-            if expected is None or not secrets.compare_digest(expected.encode(), given.password.encode()):
+        def authenticate(request: Request):
+            if not credentials_match(request.headers.get("Authorization"), credentials):
                 raise HTTPException(status_code=401, detail="Incorrect username or password",
-                                    headers={"WWW-Authenticate": "Basic"})
+                                    headers={"WWW-Authenticate": 'Basic realm="ELLA", charset="UTF-8"'})
 
         dependencies.append(Depends(authenticate))
-
-    class DownloadRequest(BaseModel):
-        kinds: Optional[List[str]] = None
 
     router = APIRouter(prefix=PREFIX, tags=["ELLA"], dependencies=dependencies)
 
@@ -67,22 +100,24 @@ def register_routes(app, setup: ModelSetup, *, credentials: Optional[Dict[str, s
             try:
                 report = setup.check(model, t5)
             except ELLAError as exc:
-                raise HTTPException(status_code=422, detail=str(exc))
+                raise HTTPException(status_code=422, detail=detail(str(exc))) from None
         out = setup.describe()
         if report is not None:
             out["check"] = dict(report.to_dict(), markdown=report.to_markdown())
         return out
 
-    @router.post("/download")
-    def start_download(response: Response, request: Optional[DownloadRequest] = Body(default=None)):
+    @router.post("/download", openapi_extra={"requestBody": {"content": {"application/json": {"schema": {
+        "type": "object", "properties": {"kinds": {"type": "array", "items": {"type": "string"}}}}}}}})
+    async def start_download(request: Request, response: Response):
+        kinds = download_kinds(await read_body(request))
         try:
-            status = setup.start_download(request.kinds if request is not None else None)
+            status = setup.start_download(kinds)
         except ELLAError as exc:
-            raise HTTPException(status_code=422, detail=str(exc))
+            raise HTTPException(status_code=422, detail=detail(str(exc))) from None
         if status["started"]:
             response.status_code = 202
         elif "notice" not in status:  # refused before starting: offline, or no huggingface_hub
-            raise HTTPException(status_code=409, detail=status["error"])
+            raise HTTPException(status_code=409, detail=detail(status["error"]))
         return status
 
     @router.get("/download")
@@ -96,17 +131,63 @@ def register_routes(app, setup: ModelSetup, *, credentials: Optional[Dict[str, s
     def cancel_download():
         return setup.cancel_download()
 
+    async def read_body(request: Request) -> bytes:
+        body, size = b"", 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= MAX_BODY:
+                body += chunk
+            elif size > MAX_DRAIN:  # stop reading: the client sees the connection close
+                break
+        if size > MAX_BODY:  # read to the end (up to MAX_DRAIN) so that the client gets this answer
+            raise HTTPException(status_code=413, detail=f"The body is over {MAX_BODY} bytes.")
+        return body
+
+    def download_kinds(body: bytes) -> Optional[list]:
+        if not body.strip():
+            return None
+        try:
+            data = json.loads(body)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise HTTPException(status_code=422, detail=detail(f"The body is not JSON ({exc}); send {{\"kinds\": [\"ella\", \"t5\"]}}.")) from None
+        if data is None:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("kinds", []), (list, type(None))):
+            raise HTTPException(status_code=422, detail='The body must be {"kinds": ["ella", "t5"]} (kinds optional).')
+        kinds = data.get("kinds")
+        if kinds is not None and not all(isinstance(k, str) for k in kinds):
+            raise HTTPException(status_code=422, detail="'kinds' must list strings: \"ella\", \"t5\".")
+        return kinds
+
+    async def read_model(request: Request, model):
+        """The JSON body as `model` (a pydantic class), read only after the credentials were checked."""
+        from pydantic import ValidationError
+
+        body = await read_body(request)
+        try:
+            data = json.loads(body) if body.strip() else {}
+        except ValueError as exc:
+            raise HTTPException(status_code=422, detail=detail(f"The body is not JSON ({exc}).")) from None
+        if not isinstance(data, dict):
+            raise HTTPException(status_code=422, detail="The body must be a JSON object.")
+        try:
+            return model(**data)
+        except ValidationError as exc:
+            fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise HTTPException(status_code=422, detail=detail(f"Bad request body: {fields}")) from None
+
     if tokens is not None:
-        add_token_route(router, tokens)
+        _token_route(router, tokens, read_model)
     if expand is not None:
-        _expand_route(router, expand)
+        _expand_route(router, expand, read_model)
     app.include_router(router)
 
 
-def add_token_route(router, counter: "TokenCounter") -> None:
+def _token_route(router, counter: "TokenCounter", read_model) -> None:
     """POST /tokens on ELLA's router (and so behind its credentials check)."""
-    from fastapi import HTTPException
+    from fastapi import HTTPException, Request
     from pydantic import BaseModel
+    from starlette.concurrency import run_in_threadpool
 
     from .args import ELLAArgs
 
@@ -119,30 +200,39 @@ def add_token_route(router, counter: "TokenCounter") -> None:
         hires_steps: Optional[int] = None  # the hires prompt: its steps (numbers count on from `steps`)
         negative: bool = False  # a negative prompt: not split at AND
 
-    @router.post("/tokens")
-    def count_tokens(request: TokensRequest):
+    @router.post("/tokens", openapi_extra={"requestBody": {"content": {"application/json": {
+        "schema": TokensRequest.model_json_schema() if hasattr(TokensRequest, "model_json_schema") else {}}}}})
+    async def count_tokens(request: Request):
+        body = await read_model(request, TokensRequest)
+
+        def count():
+            named = {k: getattr(body, k) for k in ("t5", "length", "long_prompts") if getattr(body, k)}
+            return counter.count(body.prompt, ELLAArgs.from_dict(named), steps=body.steps,
+                                 hires_steps=body.hires_steps, negative=body.negative)
+
         try:
-            named = {k: getattr(request, k) for k in ("t5", "length", "long_prompts") if getattr(request, k)}
-            count = counter.count(request.prompt, ELLAArgs.from_dict(named), steps=request.steps,
-                                  hires_steps=request.hires_steps, negative=request.negative)
+            result = await run_in_threadpool(count)  # the tokenizer may load: not on the event loop
         except ELLAError as exc:
-            raise HTTPException(status_code=exc.status_code, detail=str(exc))
-        return count.to_dict()
+            raise HTTPException(status_code=exc.status_code, detail=detail(str(exc))) from None
+        return result.to_dict()
 
 
-def _expand_route(router, expand: Callable[..., Any]) -> None:
-    from fastapi import HTTPException
+def _expand_route(router, expand: Callable[..., Any], read_model) -> None:
+    from fastapi import HTTPException, Request
     from pydantic import BaseModel
+    from starlette.concurrency import run_in_threadpool
 
     class ExpandRequest(BaseModel):
         prompt: str
         negative_prompt: str = ""
         force: bool = False  # also rewrite a prompt that is already a dense description
 
-    @router.post("/expand")
-    def expand_prompt(request: ExpandRequest):
-        try:
-            result = expand(request.prompt, negative=request.negative_prompt, force=request.force)
+    @router.post("/expand", openapi_extra={"requestBody": {"content": {"application/json": {
+        "schema": ExpandRequest.model_json_schema() if hasattr(ExpandRequest, "model_json_schema") else {}}}}})
+    async def expand_prompt(request: Request):
+        body = await read_model(request, ExpandRequest)
+        try:  # the LLM answers in seconds: in a worker thread, not on the event loop
+            result = await run_in_threadpool(expand, body.prompt, negative=body.negative_prompt, force=body.force)
         except ELLAError as exc:
-            raise HTTPException(status_code=exc.status_code, detail=str(exc)) from None
+            raise HTTPException(status_code=exc.status_code, detail=detail(str(exc))) from None
         return result.to_dict()

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .discovery import check_name, strip_hash
 from .errors import ArgumentError, ModelPathError
-from .prompt_syntax import AND_SEPARATOR, EXTRA_NETWORK, strip_extra_networks
+from .prompt_syntax import AND_SEPARATOR, extra_network_tags, find_extra_network, strip_extra_networks
 from .schema import Arg, Choice, arg, rows, shown
 
 FIXED_LENGTH = 128  # the paper's fixed token length, and ELLA's training length
@@ -217,7 +217,7 @@ class ELLAArgs:
                 "ELLA 'clip_prompt' contains AND: the main prompt decides the sub-prompts, and every sub-prompt gets "
                 "the same CLIP text. Remove AND from the CLIP text."
             )
-        tag = EXTRA_NETWORK.search(self.clip_negative) if self.applies("clip_negative") else None
+        tag = find_extra_network(self.clip_negative) if self.applies("clip_negative") else None
         if tag:
             raise ArgumentError(
                 f"ELLA 'clip_negative' contains the extra-network tag '{tag.group(0)[:80]}'. The WebUI activates "
@@ -257,7 +257,7 @@ class ELLAArgs:
         WebUI activates them with the prompt's own tags."""
         if not self.applies("clip_prompt"):
             return ""
-        return "".join(m.group(0) for m in EXTRA_NETWORK.finditer(self.clip_prompt))
+        return "".join(extra_network_tags(self.clip_prompt))
 
     def applies(self, name: str) -> bool:
         """Whether the argument takes effect with the others as they are (its row's `applies_when`)."""

@@ -43,7 +43,15 @@ from .errors import (
     UpsamplerTimeoutError,
     UpsamplerUnreachableError,
 )
-from .prompt_syntax import BREAK_MARK, BREAK_SEPARATOR, EXTRA_NETWORK, has_scheduling, parse_attention, split_and
+from .prompt_syntax import (
+    BREAK_MARK,
+    extra_network_tags,
+    has_scheduling,
+    parse_attention,
+    split_and,
+    split_break,
+    sub_extra_networks,
+)
 
 SETTING = "Settings → ELLA → Caption upsampling"
 MAX_CHARS = 1000  # per expanded part: 5 dense sentences are ~700 characters, ELLA reads ~128 T5 tokens
@@ -156,8 +164,8 @@ def expand_prompt(prompt: str, config: UpsamplerConfig, *, negative: str = "", f
         raise UpsamplerOffError(f"Caption upsampling is off: set the LLM endpoint in {SETTING}.")
     url = config.chat_url
     notices: list[str] = []
-    tags = [m.group(0) for m in EXTRA_NETWORK.finditer(prompt)]
-    text = EXTRA_NETWORK.sub("", prompt)
+    tags = extra_network_tags(prompt)
+    text = sub_extra_networks(prompt)
 
     def unchanged(reason: str) -> UpsampleResult:
         return UpsampleResult(prompt, prompt, False, (reason,))
@@ -169,7 +177,7 @@ def expand_prompt(prompt: str, config: UpsamplerConfig, *, negative: str = "", f
             "Not expanded: the prompt uses prompt editing or alternation ([a:b:N], [a|b]), whose "
             "schedule a rewrite cannot keep. Expand the texts by hand, or remove the brackets."
         )
-    subs = [(weight, [_plain(part) for part in BREAK_SEPARATOR.split(sub)]) for sub, weight in split_and(text)]
+    subs = [(weight, [_plain(part) for part in split_break(sub)]) for sub, weight in split_and(text)]
     plain_parts = [plain for _weight, parts in subs for plain, _weighted in parts if plain.strip()]
     if not force and _is_dense(" ".join(plain_parts)):
         return unchanged("Not expanded: the prompt is already a dense description. Expand anyway to rewrite it.")
@@ -181,7 +189,7 @@ def expand_prompt(prompt: str, config: UpsamplerConfig, *, negative: str = "", f
     if tags:
         notices.append(f"Kept {', '.join(tags)} as written (not sent to the LLM).")
     count = len(plain_parts)
-    negative_text = _plain(EXTRA_NETWORK.sub("", negative))[0].strip()
+    negative_text = _plain(sub_extra_networks(negative))[0].strip()
     out_subs = []
     for weight, parts in subs:
         out_parts = []
@@ -459,7 +467,7 @@ def _as_prompt_text(text: str) -> str:
     """Plain words that the WebUI's prompt parser reads as themselves: brackets escaped, no AND/BREAK keywords,
     no extra-network tags, no backslashes."""
     text = text.replace("\\", "/")
-    text = EXTRA_NETWORK.sub(lambda m: f"{m.group(1)} {m.group(2)}", text)
+    text = sub_extra_networks(text, lambda m: f"{m.group(1)} {m.group(2)}")
     text = re.sub(r"\b(AND|BREAK)\b", lambda m: m.group(1).lower(), text)
     return re.sub(r"([()\[\]])", r"\\\1", text)
 

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Optional
 
 from .discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, resolve_ella_model, resolve_t5_encoder, strip_hash
-from .downloads import (
-    ELLA_FILE, REPO, RemoteFile, file_key, file_matches, file_sha256, hub_endpoint, human_size, offline_reason,
-    remote_files,
-)
+from .download_status import human_size
+from .file_hashes import file_key, file_matches, file_sha256
+from .hub import ELLA_FILE, REPO, RemoteFile, hub_endpoint, offline_reason, remote_files
 from .errors import ELLAError, TextEncoderError
 from .safetensors_file import read_header
 from .t5 import TOKENIZER_FILES, inspect_t5_folder

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 from .discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, list_ella_models, list_t5_encoders
-from .downloads import ELLA_FILE, KINDS, MANAGER, REPO, DownloadManager, offline_message, offline_reason
+from .downloads import MANAGER, DownloadManager
+from .hub import ELLA_FILE, KINDS, REPO, offline_message, offline_reason
 from .model_check import CheckReport, check_models
 
 WHAT = {"ella": f"the ELLA model ({ELLA_FILE})", "t5": f"the T5 encoder ({KNOWN_T5})"}

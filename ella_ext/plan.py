@@ -25,7 +25,7 @@ from .args import Conditioning, ELLAArgs, Negative
 from .errors import ConditioningError, ELLAError, IncompatibleExtensionError
 from .lru_cache import LRUCache
 from .prompt_encoding import EncodedPrompt, PromptEncoder
-from .prompt_syntax import BREAK_SEPARATOR, PromptSyntax, Schedule, strip_extra_networks, text_at_step
+from .prompt_syntax import PromptSyntax, Schedule, split_break, strip_extra_networks, text_at_step
 from .tsc import TSC, PreparedText
 
 
@@ -241,7 +241,7 @@ class JobPlan:
     def _split_regions(text: str, units: Optional[tuple[int, ...]], pass_name: str) -> tuple[str, ...]:
         if units is None or len(units) == 1:
             return (text,)
-        parts = tuple(part.strip() for part in BREAK_SEPARATOR.split(text))
+        parts = tuple(part.strip() for part in split_break(text))
         if len(parts) != len(units):
             raise IncompatibleExtensionError(
                 f"Regional Prompter laid out {len(units)} regions, but the {pass_name} prompt '{text}' has {len(parts)} "

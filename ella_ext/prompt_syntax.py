@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence, Union
+from typing import Any, Optional, Protocol, Sequence, Union
 
 Schedule = list[tuple[int, str]]  # [(end_at_step, text), ...], ascending end_at_step
 Segment = tuple[str, float]  # (text, weight); ("BREAK", -1.0) marks a BREAK
@@ -28,7 +28,10 @@ Segment = tuple[str, float]  # (text, weight); ("BREAK", -1.0) marks a BREAK
 EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 AND_SEPARATOR = re.compile(r"\bAND\b")
 SUBPROMPT_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
-BREAK_SEPARATOR = re.compile(r"\s*\bBREAK\b\s*", re.S)
+BREAK_SEPARATOR = re.compile(r"\s*\bBREAK\b\s*", re.S)  # the WebUI's; use split_break (linear time)
+_BREAK_WORD = re.compile(r"\bBREAK\b")
+_WEIGHT = re.compile(r"[-+]?(?:\d+\.?|\d*\.\d+)")
+MAX_NESTING = 100  # prompt editing nested deeper than this is left unscheduled by the built-in parser
 BREAK_MARK: Segment = ("BREAK", -1.0)
 
 
@@ -45,8 +48,55 @@ class PromptSyntax(Protocol):
     def parse_attention(self, text: str) -> list[Segment]: ...
 
 
+# The WebUI's patterns backtrack: EXTRA_NETWORK over '<a:' repeated with no '>' after it, and the leading
+# \s* of BREAK_SEPARATOR and SUBPROMPT_WEIGHT over long runs of spaces, take time that grows with the square
+# of the length. The functions below give the same results in linear time.
+
+
+def find_extra_network(text: str) -> Optional[re.Match]:
+    """The first extra-network tag `<name:args>` in text, as EXTRA_NETWORK.search finds it."""
+    return EXTRA_NETWORK.search(text, 0, text.rfind(">") + 1)  # no tag ends after the last '>'
+
+
+def extra_network_tags(text: str) -> list[str]:
+    """Every extra-network tag in text, in order, as EXTRA_NETWORK.finditer finds them (in linear time)."""
+    return [m.group(0) for m in EXTRA_NETWORK.finditer(text, 0, text.rfind(">") + 1)]
+
+
+def sub_extra_networks(text: str, repl: Any = "") -> str:
+    """EXTRA_NETWORK.sub(repl, text), in linear time: no tag ends after the last '>'."""
+    end = text.rfind(">") + 1
+    return EXTRA_NETWORK.sub(repl, text[:end]) + text[end:]
+
+
 def strip_extra_networks(prompt: str) -> str:
-    return EXTRA_NETWORK.sub("", prompt)
+    return sub_extra_networks(prompt)
+
+
+def split_break(text: str) -> list[str]:
+    """BREAK_SEPARATOR.split(text): the parts around each BREAK, with the spaces around it removed."""
+    parts, start, pos, n = [], 0, 0, len(text)
+    while True:
+        m = _BREAK_WORD.search(text, pos)
+        if m is None:
+            parts.append(text[start:])
+            return parts
+        left, right = m.start(), m.end()
+        while left > start and text[left - 1].isspace():  # re's \s is str.isspace
+            left -= 1
+        while right < n and text[right].isspace():
+            right += 1
+        parts.append(text[start:left])
+        start = pos = right
+
+
+def split_weight(sub: str) -> tuple[str, Optional[str]]:
+    """SUBPROMPT_WEIGHT's groups for one AND sub-prompt: its text and its trailing ':weight' (or None)."""
+    body = sub.rstrip()
+    colon = body.rfind(":")
+    if colon >= 0 and _WEIGHT.fullmatch(body[colon + 1:].lstrip()):
+        return body[:colon].rstrip(), body[colon + 1:].lstrip()
+    return body, None
 
 
 # --- prompt editing / alternation ---------------------------------------------------------------
@@ -86,6 +136,11 @@ class _ScheduleParser:
 
     def __init__(self, text: str):
         self.s = text
+        self.depth = 0
+        # a bracket is tried as scheduling, alternation and emphasis, each parsing what it holds: without the
+        # memo, nested brackets take time exponential in their depth
+        self._items: dict[int, object] = {}
+        self._prompts: dict[int, tuple[list, int]] = {}
 
     def parse(self) -> list:
         s, i, out = self.s, 0, []
@@ -102,6 +157,12 @@ class _ScheduleParser:
         return out
 
     def _prompt(self, i: int) -> tuple[list, int]:
+        if i in self._prompts:
+            return self._prompts[i]
+        start = i
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise _Fail
         out = []
         while i < len(self.s):
             got = self._item(i)
@@ -109,9 +170,16 @@ class _ScheduleParser:
                 break
             node, i = got
             out.append(node)
+        self.depth -= 1
+        self._prompts[start] = (out, i)
         return out, i
 
     def _item(self, i: int):
+        if i not in self._items:
+            self._items[i] = self._parse_item(i)
+        return self._items[i]
+
+    def _parse_item(self, i: int):
         s = self.s
         m = _PLAIN.match(s, i)
         if m:
@@ -271,8 +339,7 @@ def split_and(prompt: str) -> list[tuple[str, float]]:
     """Sub-prompts of a positive prompt and their weights: 'a AND b:0.5' -> [('a', 1.0), (' b', 0.5)]."""
     out = []
     for sub in AND_SEPARATOR.split(prompt):
-        m = SUBPROMPT_WEIGHT.search(sub)
-        text, weight = m.groups() if m is not None else (sub, None)
+        text, weight = split_weight(sub)
         out.append((text, float(weight) if weight is not None else 1.0))
     return out
 
@@ -294,10 +361,10 @@ def parse_attention(text: str) -> list[Segment]:
     segments: list[list] = []
     round_open: list[int] = []
     square_open: list[int] = []
+    ranges: list[tuple[int, int, float]] = []  # (first segment, end, factor), in the order the WebUI applies them
 
     def scale(start: int, factor: float) -> None:
-        for seg in segments[start:]:
-            seg[1] *= factor
+        ranges.append((start, len(segments), factor))
 
     for m in _ATTENTION_TOKEN.finditer(text):
         tok, weight = m.group(0), m.group(1)
@@ -314,7 +381,7 @@ def parse_attention(text: str) -> list[Segment]:
         elif tok == "]" and square_open:
             scale(square_open.pop(), SQUARE_MULTIPLIER)
         else:
-            for k, part in enumerate(BREAK_SEPARATOR.split(tok)):
+            for k, part in enumerate(split_break(tok)):
                 if k:
                     segments.append(list(BREAK_MARK))
                 segments.append([part, 1.0])
@@ -322,15 +389,49 @@ def parse_attention(text: str) -> list[Segment]:
         scale(start, ROUND_MULTIPLIER)
     for start in square_open:
         scale(start, SQUARE_MULTIPLIER)
+    for seg, factor in zip(segments, _range_products(len(segments), ranges), strict=True):
+        seg[1] *= factor
     if not segments:
         segments = [["", 1.0]]
-    merged: list[list] = [segments[0]]
-    for seg in segments[1:]:
-        if seg[1] == merged[-1][1]:
-            merged[-1][0] += seg[0]
+    merged: list[tuple[list[str], float]] = [([segments[0][0]], segments[0][1])]  # texts joined once, at the end
+    for text, weight in segments[1:]:
+        if weight == merged[-1][1]:
+            merged[-1][0].append(text)
         else:
-            merged.append(seg)
-    return [(t, w) for t, w in merged]
+            merged.append(([text], weight))
+    return [("".join(texts), w) for texts, w in merged]
+
+
+def _range_products(n: int, ranges: list[tuple[int, int, float]]) -> list[float]:
+    """For each of n items, the product of the factors of the ranges [start, end) that hold it.
+
+    The WebUI multiplies every item of each range in turn, which takes time (items x brackets); a
+    tree of factors over the items gives each range O(log n) nodes. Products may differ from the
+    WebUI's in the last bits (another order of multiplication).
+    """
+    size = 1
+    while size < n:
+        size *= 2
+    tree = [1.0] * (2 * size)
+    for start, end, factor in ranges:
+        lo, hi = start + size, end + size
+        while lo < hi:
+            if lo & 1:
+                tree[lo] *= factor
+                lo += 1
+            if hi & 1:
+                hi -= 1
+                tree[hi] *= factor
+            lo //= 2
+            hi //= 2
+    out = []
+    for i in range(n):
+        node, product = i + size, 1.0
+        while node:
+            product *= tree[node]
+            node //= 2
+        out.append(product)
+    return out
 
 
 class BuiltinPromptSyntax:

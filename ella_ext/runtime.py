@@ -21,8 +21,9 @@ import torch
 
 from .args import ELLAArgs
 from .discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, resolve_ella_model, resolve_t5_encoder
-from .downloads import file_key, file_sha256, human_size, sha256_known
+from .download_status import human_size
 from .errors import ELLAError, ModelPathError
+from .file_hashes import file_key, file_sha256, sha256_known
 from .lru_cache import LRUCache
 from .prompt_encoding import PromptEncoder
 from .prompt_syntax import PromptSyntax

@@ -26,7 +26,12 @@ MAX_SHOWN = 80  # characters of a bad value quoted back in an error message
 
 def shown(value: Any) -> str:
     """A bad value for an error message, never longer than MAX_SHOWN characters (input can be megabytes)."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int over Python's 4300-digit limit for str(), or a container holding one
+        if isinstance(value, int):
+            return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+        return f"a {type(value).__name__} holding an integer of over 4300 digits"
     return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}... ({len(text)} characters)"
 
 

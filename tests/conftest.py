@@ -75,7 +75,7 @@ def released(tmp_path_factory, t5_folder) -> dict:
     """What the stand-in hub (tests/hub_server.py) publishes as QQGYLab/ELLA: a tiny TSC under the released
     file name, the tiny T5 folder under the released folder name, and a README."""
     from ella_ext.discovery import KNOWN_T5
-    from ella_ext.downloads import ELLA_FILE
+    from ella_ext.hub import ELLA_FILE
     from ella_ext.tsc import TSCConfig
 
     tsc = tmp_path_factory.mktemp("released") / ELLA_FILE

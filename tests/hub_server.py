@@ -1,7 +1,7 @@
 """A local stand-in for the Hugging Face hub's file protocol, for download tests.
 
 A real HTTP server on 127.0.0.1 (random port) that answers exactly the requests huggingface_hub's
-HTTP session makes for `ella_ext.downloads` and `ella_ext.model_check`, in the hub's formats:
+HTTP session makes for `ella_ext.hub` (used by `downloads` and `model_check`), in the hub's formats:
 
 * GET  /api/models/{repo}/tree/{revision}[/{folder}][?recursive=true]  the tree listing (JSON, paged
   with a `Link: <...>; rel="next"` header like the hub);
@@ -12,6 +12,10 @@ HTTP session makes for `ella_ext.downloads` and `ella_ext.model_check`, in the h
 Knobs for failures: `cut_after[path] = [n, ...]` (each GET of that file sends n bytes and closes the
 connection, one entry per request), `corrupt` (a flipped byte, same size), `fail[path] = status`,
 and `gate` (a file's body waits until the event is set; `waiting` is set when one does).
+Knobs for a hub or proxy that lies: `too_long[path] = (extra_bytes, with_length)` sends the file
+followed by that many more bytes, with a Content-Length that counts them or (with_length False)
+with none, closing the connection to end the body; `listed_size[path]` lists another size than the
+file's. Odd names are served as given to `add` (NUL bytes, long names, a name that is also a folder).
 `downloads` records every body request with its Range header.
 """
 
@@ -45,9 +49,12 @@ class HubServer:
         self.cut_after: dict[str, list[int]] = {}
         self.corrupt: set[str] = set()
         self.fail: dict[str, int] = {}
+        self.too_long: dict[str, tuple[int, bool]] = {}
+        self.listed_size: dict[str, int] = {}
         self.gate: Optional[threading.Event] = None
         self.gate_paths: set[str] = set()  # empty: every file waits at the gate
         self.waiting = threading.Event()
+        self.gate_timeout = 10.0  # seconds a body waits at the gate at most
         self.page_size = 1000
         self.downloads: list[tuple[str, Optional[str]]] = []  # (path, Range header) per body request
         self.listings: list[str] = []  # request paths of tree calls
@@ -95,7 +102,7 @@ class HubServer:
 
     def entry(self, path: str) -> dict:
         data = self.files[path]
-        out = {"type": "file", "oid": git_blob_sha1(data), "size": len(data), "path": path}
+        out = {"type": "file", "oid": git_blob_sha1(data), "size": self.listed_size.get(path, len(data)), "path": path}
         if path in self.lfs:
             pointer = lfs_pointer(data)
             out["oid"] = git_blob_sha1(pointer)
@@ -199,8 +206,14 @@ class _Handler(BaseHTTPRequestHandler):
             cut = cuts.pop(0) if cuts else None
         if hub.gate is not None and (not hub.gate_paths or file in hub.gate_paths):
             hub.waiting.set()
-            hub.gate.wait(10)
+            hub.gate.wait(hub.gate_timeout)
         payload = data[start:]
+        extra, with_length = hub.too_long.get(file, (0, True))
+        if extra:
+            payload += b"\0" * extra
+            if not with_length:  # no Content-Length: the body ends when the connection closes
+                headers.update({"Connection": "close", "Content-Length": None})
+                self.close_connection = True
         if cut is not None:  # promise the whole file, send part of it, then drop the connection
             headers["Connection"] = "close"
             self._send(status, payload[:cut], dict(headers, **{"Content-Length": str(len(payload))}))
@@ -219,7 +232,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(status)
             headers.setdefault("Content-Length", str(len(payload)))
             for k, v in headers.items():
-                self.send_header(k, v)
+                if v is not None:  # None: the header is left out
+                    self.send_header(k, v)
             self.end_headers()
             for i in range(0, len(payload), 16384):
                 self.wfile.write(payload[i: i + 16384])

@@ -44,20 +44,11 @@ def test_every_queue_api_form_reaches_ella(webui, form):
     }[form]
     if form == "dict":
         # the names are mapped onto ELLA's positional slots; the ones left out are None (their defaults)
-        assert fake_extensions.agent_scheduler_args_to_list(ella_script(webui), args) == [
-            True,
-            MODEL_NAME,
-            T5_NAME,
-            None,
-            "ella+clip",
-            None,
-            0.25,
-            None,
-            None,
-            None,
-            None,
-            None,
-        ]
+        from ella_ext.args import ELLAArgs
+
+        names = ELLAArgs.field_names()
+        assert fake_extensions.agent_scheduler_args_to_list(ella_script(webui), args) == [named.get(n) for n in names]
+        assert names[:7] == ["enabled", "model", "t5", "length", "mode", "negative", "start"]
     status, body = webui_env.run(webui, queued(webui, args))
     assert status == 200, body
     info = body["infotexts"][0]

@@ -17,7 +17,8 @@ import pytest
 import factories
 from ella_ext import downloads
 from ella_ext.discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, list_ella_models, list_t5_encoders
-from ella_ext.downloads import ELLA_FILE, STAGING, DownloadManager, hub_download, remote_files
+from ella_ext.downloads import STAGING, DownloadManager, hub_download
+from ella_ext.hub import ELLA_FILE, remote_files
 from ella_ext.errors import ModelFileError
 from ella_ext.tsc import TSCConfig
 from hub_server import HubServer, git_blob_sha1
@@ -255,16 +256,21 @@ def test_offline_refuses_with_instructions(hub, roots, manager, monkeypatch, how
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-def test_full_disk_is_reported_and_the_next_start_works(hub, roots, manager, released):
+def test_full_disk_is_reported_and_the_next_start_works(hub, roots, manager, released, monkeypatch):
     part = roots.ella[0] / STAGING / (ELLA_FILE + ".part")
-    part.parent.mkdir(parents=True)
-    part.symlink_to("/dev/full")  # every write to the partial file fails with ENOSPC from the kernel
+    real_open = os.open
+
+    def open_full(path, flags, *mode):  # the partial file opens /dev/full: every write fails with ENOSPC from the kernel
+        return real_open("/dev/full", os.O_WRONLY) if Path(path) == part else real_open(path, flags, *mode)
+
+    # (a link from the partial to /dev/full would be refused: it leads the write out of the models folder)
+    monkeypatch.setattr(downloads.os, "open", open_full)
     status = run(manager, hub, roots, kinds=["ella"])
     assert status["state"] == "error"
     assert "disk is full" in status["error"] and "Free some space" in status["error"] and ELLA_FILE in status["error"]
     assert not (roots.ella[0] / ELLA_FILE).exists() and list_ella_models(roots) == []
 
-    part.unlink()
+    monkeypatch.setattr(downloads.os, "open", real_open)
     assert run(manager, hub, roots, kinds=["ella"])["state"] == "done"
     assert (roots.ella[0] / ELLA_FILE).read_bytes() == released[ELLA_FILE]
 

@@ -12,7 +12,7 @@ import pytest
 
 import factories
 from ella_ext.discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots
-from ella_ext.downloads import ELLA_FILE
+from ella_ext.hub import ELLA_FILE
 from ella_ext.model_check import check_models
 from ella_ext.tsc import TSCConfig
 from hub_server import HubServer

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from ella_ext.discovery import KNOWN_ELLA, KNOWN_T5
-from ella_ext.downloads import ELLA_FILE, DownloadManager
+from ella_ext.downloads import DownloadManager
+from ella_ext.hub import ELLA_FILE
 from ella_ext.model_setup import ModelSetup
 from hub_server import HubServer
 from webui_env import MODEL_NAME, T5_NAME, ella, load_script, payload, run
