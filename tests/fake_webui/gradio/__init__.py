@@ -1,7 +1,10 @@
 """Just enough of gradio for a script's ui(): components keep their constructor arguments."""
 
+from collections import deque
 
-created = []  # every component made, in order (tests find buttons by elem_id here)
+# the components made, in order (tests clear it, build a UI and find buttons by elem_id here); bounded, as the
+# fake API builds every script's UI for each request and a long run must not keep them all
+created: deque = deque(maxlen=2000)
 warnings = []  # messages shown with gr.Warning (a toast in the browser)
 
 
