@@ -1,6 +1,5 @@
 """Just enough of gradio for a script's ui(): components keep their constructor arguments."""
 
-
 created = []  # every component made, in order (tests find buttons by elem_id here)
 warnings = []  # messages shown with gr.Warning (a toast in the browser)
 
