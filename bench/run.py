@@ -13,6 +13,7 @@ Sections (see bench/README.md for the method):
   memory   peak activation bytes of one TSC step; RSS over 50 consecutive WebUI jobs
   startup  import time of scripts/ella.py inside a (fake) WebUI that already loaded torch
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+import factories  # noqa: E402
 import torch  # noqa: E402
 
-import factories  # noqa: E402
 from ella_ext.args import ELLAArgs  # noqa: E402
 from ella_ext.plan import DenoiserCall, JobPlan, PassSpec  # noqa: E402
 from ella_ext.prompt_encoding import EncodedPrompt  # noqa: E402
@@ -44,15 +45,30 @@ from ella_ext.tsc import TSC, TSCConfig  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 FLAN_T5_XL = {
-    "architectures": ["T5EncoderModel"], "d_model": 2048, "d_ff": 5120, "d_kv": 64, "num_heads": 32,
-    "num_layers": 24, "num_decoder_layers": 24, "vocab_size": 32128, "feed_forward_proj": "gated-gelu",
-    "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128, "layer_norm_epsilon": 1e-6,
-    "dropout_rate": 0.1, "is_encoder_decoder": False, "tie_word_embeddings": False, "model_type": "t5",
-    "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0,
+    "architectures": ["T5EncoderModel"],
+    "d_model": 2048,
+    "d_ff": 5120,
+    "d_kv": 64,
+    "num_heads": 32,
+    "num_layers": 24,
+    "num_decoder_layers": 24,
+    "vocab_size": 32128,
+    "feed_forward_proj": "gated-gelu",
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "layer_norm_epsilon": 1e-6,
+    "dropout_rate": 0.1,
+    "is_encoder_decoder": False,
+    "tie_word_embeddings": False,
+    "model_type": "t5",
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "decoder_start_token_id": 0,
 }
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
 
 def t5_length(prompt: str) -> int:
     """Estimated flan-t5 token count (words and punctuation marks, plus </s>; within ~10% on plain English)."""
@@ -127,9 +143,11 @@ class Table:
 
 # --- TSC per step -------------------------------------------------------------------------------
 
+
 def tsc_job(tsc, features, prompts, negatives, steps):
-    plan_job = JobPlan(ELLAArgs(enabled=True, model="m", t5="t"), tsc, features, BuiltinPromptSyntax(),
-                       output_cache_bytes=256 * 2**20)
+    plan_job = JobPlan(
+        ELLAArgs(enabled=True, model="m", t5="t"), tsc, features, BuiltinPromptSyntax(), output_cache_bytes=256 * 2**20
+    )
     plan = plan_job.prepare(PassSpec(tuple(prompts), tuple(negatives), steps))
     return plan_job, plan
 
@@ -137,8 +155,13 @@ def tsc_job(tsc, features, prompts, negatives, steps):
 def denoiser_call(step, total_steps, t, batch, device, dtype) -> DenoiserCall:
     """What the WebUI's denoiser callback hands ELLA: CLIP conditioning (zeros here) and the U-Net t."""
     zeros = torch.zeros(batch, 77, 768, device=device, dtype=dtype)
-    return DenoiserCall(step=step, total_steps=total_steps, timesteps=torch.full((batch,), t, device=device),
-                        text_cond=zeros, text_uncond=zeros)
+    return DenoiserCall(
+        step=step,
+        total_steps=total_steps,
+        timesteps=torch.full((batch,), t, device=device),
+        text_cond=zeros,
+        text_uncond=zeros,
+    )
 
 
 def run_steps(job, plan, ts, batch, device, dtype, each_call=None):
@@ -192,7 +215,7 @@ def bench_tsc(table, device, dtype, results):
             # one prompt for the whole batch, empty negative: the common WebUI job
             "shared": ([prompts[0]] * batch, [""] * batch),
             # every row its own prompt and negative
-            "distinct": (prompts[1: 1 + batch], prompts[20: 20 + batch]),
+            "distinct": (prompts[1 : 1 + batch], prompts[20 : 20 + batch]),
         }
         for name, (pos, neg) in scenarios.items():
             a = run_steps(*tsc_job(tsc, features, pos, neg, steps), ts, batch, device, dtype)
@@ -219,15 +242,26 @@ def bench_tsc(table, device, dtype, results):
             t_ours, t_prep, t_ref = (statistics.median(v[1:]) for v in (ours, prep, loop))
             speedup = t_ref / t_ours
             per_job = t_ref / (t_ours + t_prep / 25)
-            table.add("tsc", f"batch {batch} {name}: loop / ours per step", speedup, "x",
-                      f"ours {t_ours * 1e3:.1f} ms (+{t_prep * 1e3:.1f} ms once per job; {per_job:.2f}x over 25 steps), "
-                      f"loop {t_ref * 1e3:.1f} ms, max |diff| {err:.1e}")
-            results["tsc"][f"b{batch}_{name}"] = {"ours_s": t_ours, "prepare_once_s": t_prep, "loop_s": t_ref,
-                                                  "speedup": speedup, "speedup_25_steps": per_job, "max_abs_diff": err}
+            table.add(
+                "tsc",
+                f"batch {batch} {name}: loop / ours per step",
+                speedup,
+                "x",
+                f"ours {t_ours * 1e3:.1f} ms (+{t_prep * 1e3:.1f} ms once per job; {per_job:.2f}x over 25 steps), "
+                f"loop {t_ref * 1e3:.1f} ms, max |diff| {err:.1e}",
+            )
+            results["tsc"][f"b{batch}_{name}"] = {
+                "ours_s": t_ours,
+                "prepare_once_s": t_prep,
+                "loop_s": t_ref,
+                "speedup": speedup,
+                "speedup_25_steps": per_job,
+                "max_abs_diff": err,
+            }
 
     # batch count > 1: the second batch (same prompts, same sampler) reuses the first batch's outputs
     batch = 4
-    pos, neg = prompts[1: 1 + batch], prompts[20: 20 + batch]
+    pos, neg = prompts[1 : 1 + batch], prompts[20 : 20 + batch]
     job, plan = tsc_job(tsc, features, pos, neg, steps)
     sync(device)
     t0 = time.perf_counter()
@@ -240,10 +274,19 @@ def bench_tsc(table, device, dtype, results):
     t2 = time.perf_counter()
     assert all(torch.equal(x, y) for x, y in zip(first, second)) and job.stats.tsc_calls == calls_before
     ratio = (t1 - t0) / (t2 - t1)
-    table.add("tsc", "batch count 2, batch 4 distinct: 1st batch / 2nd batch time", ratio, "x",
-              f"2nd batch {(t2 - t1) / steps * 1e3:.2f} ms/step, 0 TSC calls")
-    results["tsc"]["batch_count_reuse"] = {"first_s": t1 - t0, "second_s": t2 - t1, "ratio": ratio,
-                                           "second_batch_tsc_calls": job.stats.tsc_calls - calls_before}
+    table.add(
+        "tsc",
+        "batch count 2, batch 4 distinct: 1st batch / 2nd batch time",
+        ratio,
+        "x",
+        f"2nd batch {(t2 - t1) / steps * 1e3:.2f} ms/step, 0 TSC calls",
+    )
+    results["tsc"]["batch_count_reuse"] = {
+        "first_s": t1 - t0,
+        "second_s": t2 - t1,
+        "ratio": ratio,
+        "second_batch_tsc_calls": job.stats.tsc_calls - calls_before,
+    }
 
     # t-independent work (text projection + norm): the reference repeats it every step, ELLA once per job
     feats = torch.stack([features.encode(p).features[:60] for p in prompts[1:9]])
@@ -251,12 +294,18 @@ def bench_tsc(table, device, dtype, results):
     with torch.inference_mode():
         full = timed(lambda: tsc(feats, t), device)
         prep = timed(lambda: tsc.prepare_text(feats), device)
-    table.add("tsc", "text projection share of a full TSC forward (8 rows x 60 tokens)", prep / full * 100, "%",
-              f"{prep * 1e3:.1f} ms of {full * 1e3:.0f} ms: done once per job, not every step")
+    table.add(
+        "tsc",
+        "text projection share of a full TSC forward (8 rows x 60 tokens)",
+        prep / full * 100,
+        "%",
+        f"{prep * 1e3:.1f} ms of {full * 1e3:.0f} ms: done once per job, not every step",
+    )
     results["tsc"]["prepare_once"] = {"full_forward_s": full, "prepare_text_s": prep}
 
 
 # --- prompting features: regions and frames multiply rows ---------------------------------------
+
 
 def bench_prompting(table, device, dtype, results):
     """Per-step cost of ELLA per region (Regional Prompter Attention) and of prompt travel (AnimateDiff),
@@ -270,8 +319,13 @@ def bench_prompting(table, device, dtype, results):
     regions = ["a red cube on the left", "a blue sphere in the middle", "a green cone on the right"]
 
     def job(prompts, negatives, layout=None, transform=None, couple=None):
-        plan_job = JobPlan(ELLAArgs(enabled=True, model="m", t5="t"), tsc, features, BuiltinPromptSyntax(),
-                           output_cache_bytes=256 * 2**20)
+        plan_job = JobPlan(
+            ELLAArgs(enabled=True, model="m", t5="t"),
+            tsc,
+            features,
+            BuiltinPromptSyntax(),
+            output_cache_bytes=256 * 2**20,
+        )
         plan_job.shape.regions = layout
         if transform is not None:
             plan_job.shape.cond_transforms.append(transform)
@@ -286,12 +340,18 @@ def bench_prompting(table, device, dtype, results):
     travel = [regions[0]] * (frames // 2) + [regions[1]] * (frames // 2)
     scene = "\n".join(regions)
     cases = {
-        "3 RP regions vs 1 prompt": ((["A scene. " + " ".join(regions)], [""], None, None, 1, None),
-                                     ([" BREAK ".join(regions)], [""], RegionLayout((1, 1, 1), (1,)), None, 1, None)),
-        "3 Forge Couple regions vs 1 prompt": (([scene], [""], None, None, 1, None),
-                                               ([scene], [""], None, None, 1, regions)),
-        "16 frames, travel vs 1 prompt": (([regions[0]] * frames, [""] * frames, None, None, frames, None),
-                                          (travel, [""] * frames, None, blend, frames, None)),
+        "3 RP regions vs 1 prompt": (
+            (["A scene. " + " ".join(regions)], [""], None, None, 1, None),
+            ([" BREAK ".join(regions)], [""], RegionLayout((1, 1, 1), (1,)), None, 1, None),
+        ),
+        "3 Forge Couple regions vs 1 prompt": (
+            ([scene], [""], None, None, 1, None),
+            ([scene], [""], None, None, 1, regions),
+        ),
+        "16 frames, travel vs 1 prompt": (
+            ([regions[0]] * frames, [""] * frames, None, None, frames, None),
+            (travel, [""] * frames, None, blend, frames, None),
+        ),
     }
     results["prompting"] = {}
     for name, (plain, feature) in cases.items():
@@ -305,12 +365,18 @@ def bench_prompting(table, device, dtype, results):
                 sync(device)
                 times[key].append((time.perf_counter() - t0) / steps)
         t_plain, t_feature = (statistics.median(v[1:]) for v in (times["plain"], times["feature"]))
-        table.add("prompt", f"{name}: per-step cost ratio", t_feature / t_plain, "x",
-                  f"{t_feature * 1e3:.1f} ms vs {t_plain * 1e3:.1f} ms per step (TSC rows: one per region / distinct keyframe)")
+        table.add(
+            "prompt",
+            f"{name}: per-step cost ratio",
+            t_feature / t_plain,
+            "x",
+            f"{t_feature * 1e3:.1f} ms vs {t_plain * 1e3:.1f} ms per step (TSC rows: one per region / distinct keyframe)",
+        )
         results["prompting"][name] = {"feature_s": t_feature, "plain_s": t_plain, "ratio": t_feature / t_plain}
 
 
 # --- TSC vs U-Net ---------------------------------------------------------------------------------
+
 
 def bench_unet(table, device, dtype, results):
     try:
@@ -319,20 +385,30 @@ def bench_unet(table, device, dtype, results):
         table.add("unet", "skipped: diffusers not installed (pip install -r bench/requirements.txt)", 0)
         return
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=768, attention_head_dim=8,
-    ).to(device=device, dtype=dtype).eval()
+    unet = (
+        UNet2DConditionModel(
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+        )
+        .to(device=device, dtype=dtype)
+        .eval()
+    )
     n_params = sum(p.numel() for p in unet.parameters())
     x = torch.randn(2, 4, 64, 64, device=device, dtype=dtype)  # 512x512, cond + uncond
     ctx = torch.randn(2, 64, 768, device=device, dtype=dtype)
     t = torch.tensor([500.0, 500.0], device=device)
     with torch.inference_mode():
-        t_unet = timed(lambda: unet(x, t, encoder_hidden_states=ctx).sample, device, repeat=2 if device == "cpu" else 20)
-    del unet
+        t_unet = timed(
+            lambda: unet(x, t, encoder_hidden_states=ctx).sample, device, repeat=2 if device == "cpu" else 20
+        )
+    unet = None  # free its 3.4 GB before the TSC's turn
     gc.collect()
     tsc = random_tsc(device, dtype)
     features = FixedFeatures(device=device, dtype=dtype)
@@ -346,12 +422,18 @@ def bench_unet(table, device, dtype, results):
 
     t_step = timed(job, device, repeat=2 if device == "cpu" else 10) / steps
     ratio = t_step / t_unet
-    table.add("unet", "TSC step / SD1.5 U-Net forward (512x512, batch 1, CFG)", ratio * 100, "%",
-              f"TSC {t_step * 1e3:.1f} ms, U-Net {t_unet * 1e3:.0f} ms ({n_params / 1e6:.0f}M params)")
+    table.add(
+        "unet",
+        "TSC step / SD1.5 U-Net forward (512x512, batch 1, CFG)",
+        ratio * 100,
+        "%",
+        f"TSC {t_step * 1e3:.1f} ms, U-Net {t_unet * 1e3:.0f} ms ({n_params / 1e6:.0f}M params)",
+    )
     results["unet"] = {"tsc_step_s": t_step, "unet_forward_s": t_unet, "ratio": ratio, "unet_params": n_params}
 
 
 # --- T5 -------------------------------------------------------------------------------------------
+
 
 def write_full_t5(folder: Path, dtype=torch.float16) -> int:
     """A random-weight flan-t5-xl encoder in the released ELLA layout; returns its weight bytes."""
@@ -425,8 +507,13 @@ def bench_t5(table, device, results, threads):
         folder = Path(tmp) / "models--google--flan-t5-xl--text_encoder"
         t0 = time.perf_counter()
         file_bytes = write_full_t5(folder)
-        table.add("t5", "wrote a random flan-t5-xl encoder (fp16 safetensors)", file_bytes / 2**30, "GiB",
-                  f"in {time.perf_counter() - t0:.0f} s")
+        table.add(
+            "t5",
+            "wrote a random flan-t5-xl encoder (fp16 safetensors)",
+            file_bytes / 2**30,
+            "GiB",
+            f"in {time.perf_counter() - t0:.0f} s",
+        )
         try:  # a cold load where we may drop the page cache (root on Linux); warm otherwise
             subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], check=True, capture_output=True)
             cache = "cold page cache"
@@ -435,17 +522,46 @@ def bench_t5(table, device, results, threads):
         for precision in ("fp16", "fp32"):
             if precision == "fp16" and device == "cpu" and not _cpu_half_ok():
                 continue
-            out = subprocess.run([sys.executable, "-c", T5_CHILD, str(folder), str(ROOT), precision, json.dumps(sample),
-                                  str(threads), prompts[0]], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    T5_CHILD,
+                    str(folder),
+                    str(ROOT),
+                    precision,
+                    json.dumps(sample),
+                    str(threads),
+                    prompts[0],
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             r = json.loads(out.stdout.strip().splitlines()[-1])
             grow = r["peak_rss_mb"] - r["rss_before_mb"]
-            table.add("t5", f"{precision} load: peak RSS growth / encoder size", grow / r["encoder_mb"], "x",
-                      f"{grow:.0f} MB peak for {r['encoder_mb']:.0f} MB of weights, {r['load_s']:.1f} s ({cache})")
+            table.add(
+                "t5",
+                f"{precision} load: peak RSS growth / encoder size",
+                grow / r["encoder_mb"],
+                "x",
+                f"{grow:.0f} MB peak for {r['encoder_mb']:.0f} MB of weights, {r['load_s']:.1f} s ({cache})",
+            )
             enc_med = r["encode_s"][1]
-            table.add("t5", f"{precision} encode, median DPG prompt ({median_len} tokens)", enc_med, "s",
-                      f"p10 {sample[0]} tok {r['encode_s'][0]:.2f} s, max {sample[2]} tok {r['encode_s'][2]:.2f} s")
-            table.add("t5", f"{precision} cache hit vs miss (encode of a DPG prompt)", r["hit_s"] * 1e6, "us",
-                      f"miss {r['miss_s'] * 1e3:.0f} ms: a hit is {r['miss_s'] / r['hit_s']:.0f}x cheaper")
+            table.add(
+                "t5",
+                f"{precision} encode, median DPG prompt ({median_len} tokens)",
+                enc_med,
+                "s",
+                f"p10 {sample[0]} tok {r['encode_s'][0]:.2f} s, max {sample[2]} tok {r['encode_s'][2]:.2f} s",
+            )
+            table.add(
+                "t5",
+                f"{precision} cache hit vs miss (encode of a DPG prompt)",
+                r["hit_s"] * 1e6,
+                "us",
+                f"miss {r['miss_s'] * 1e3:.0f} ms: a hit is {r['miss_s'] / r['hit_s']:.0f}x cheaper",
+            )
             results["t5"][precision] = dict(r, cache=cache, file_bytes=file_bytes)
             cache = "warm page cache"
 
@@ -457,6 +573,7 @@ def _cpu_half_ok() -> bool:
 
 
 # --- memory -------------------------------------------------------------------------------------
+
 
 class LiveTensorBytes(torch.utils._python_dispatch.TorchDispatchMode):
     """Peak bytes of the storages created inside the block and still referenced (activations)."""
@@ -504,7 +621,10 @@ def bench_memory(table, device, dtype, results):
     weights_mb = sum(p.numel() * p.element_size() for p in tsc.parameters()) / 2**20
     features = FixedFeatures(device=device, dtype=dtype)
     prompts = factories.dpg_prompts(16)
-    for label, pos, neg in (("1 prompt + negative", prompts[:1], [""]), ("batch 8, all rows distinct", prompts[:8], prompts[8:16])):
+    for label, pos, neg in (
+        ("1 prompt + negative", prompts[:1], [""]),
+        ("batch 8, all rows distinct", prompts[:8], prompts[8:16]),
+    ):
         job, plan = tsc_job(tsc, features, pos, neg, 25)
         call = denoiser_call(0, 25, 500.0, len(pos), device, dtype)
         if device == "cuda":
@@ -532,16 +652,22 @@ def bench_memory(table, device, dtype, results):
         samples = []
         for i in range(50):
             webui.model()
-            p = webui_env.payload(all_prompts[i * 5: i * 5 + 2], negative_prompt=["blurry", all_prompts[i]], batch_size=2,
-                                  steps=3) | {"alwayson_scripts": webui_env.ella()}
+            p = webui_env.payload(
+                all_prompts[i * 5 : i * 5 + 2], negative_prompt=["blurry", all_prompts[i]], batch_size=2, steps=3
+            ) | {"alwayson_scripts": webui_env.ella()}
             status, body = webui_env.run(webui, p)
             assert status == 200, body
             gc.collect()
             samples.append(proc_status_mb("VmRSS"))
         growth = samples[-1] - samples[9]
-        table.add("memory", "RSS growth from job 10 to job 50 (50 jobs, new prompts each)", growth, "MB",
-                  f"RSS {samples[9]:.0f} -> {samples[-1]:.0f} MB; feature cache "
-                  f"{webui.extension.runtime.feature_cache.stats().entries} entries")
+        table.add(
+            "memory",
+            "RSS growth from job 10 to job 50 (50 jobs, new prompts each)",
+            growth,
+            "MB",
+            f"RSS {samples[9]:.0f} -> {samples[-1]:.0f} MB; feature cache "
+            f"{webui.extension.runtime.feature_cache.stats().entries} entries",
+        )
         results["memory"]["rss_mb_per_job"] = samples
 
 
@@ -565,17 +691,25 @@ print(dt, ",".join(heavy) or "-")
 def bench_startup(table, results):
     times, heavy = [], set()
     for _ in range(7):
-        out = subprocess.run([sys.executable, "-c", STARTUP_CHILD, str(ROOT)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", STARTUP_CHILD, str(ROOT)], capture_output=True, text=True, check=True
+        )
         dt, mods = out.stdout.split()
         times.append(float(dt))
         heavy.add(mods)
     med = statistics.median(times)
-    table.add("startup", "import scripts/ella.py (torch already loaded), median of 7", med * 1e3, "ms",
-              f"target < 100 ms; heavy modules imported: {','.join(sorted(heavy))}")
+    table.add(
+        "startup",
+        "import scripts/ella.py (torch already loaded), median of 7",
+        med * 1e3,
+        "ms",
+        f"target < 100 ms; heavy modules imported: {','.join(sorted(heavy))}",
+    )
     results["startup"] = {"import_s": times, "heavy_modules": sorted(heavy)}
 
 
 # --- main -----------------------------------------------------------------------------------------
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -589,10 +723,17 @@ def main():
     only = set(args.only.split(","))
     machine = {
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "threads": args.threads, "python": platform.python_version(),
-        "torch": torch.__version__, "tsc_dtype": str(dtype), "date": time.strftime("%Y-%m-%d"),
+        "cpu_count": os.cpu_count(),
+        "threads": args.threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "tsc_dtype": str(dtype),
+        "date": time.strftime("%Y-%m-%d"),
     }
-    print(f"ELLA benchmarks on {device} ({machine['device']}, {args.threads} threads, torch {torch.__version__})", flush=True)
+    print(
+        f"ELLA benchmarks on {device} ({machine['device']}, {args.threads} threads, torch {torch.__version__})",
+        flush=True,
+    )
     table, results = Table(), {"machine": machine}
     t0 = time.perf_counter()
     with torch.inference_mode(False):

@@ -75,8 +75,14 @@ def credentials_match(header: Optional[str], credentials: dict[str, str]) -> boo
     return found
 
 
-def register_routes(app, setup: ModelSetup, *, credentials: Optional[dict[str, str]] = None,
-                    tokens: Optional["TokenCounter"] = None, expand: Optional[Callable[..., Any]] = None) -> None:
+def register_routes(
+    app,
+    setup: ModelSetup,
+    *,
+    credentials: Optional[dict[str, str]] = None,
+    tokens: Optional["TokenCounter"] = None,
+    expand: Optional[Callable[..., Any]] = None,
+) -> None:
     """Add the routes to the WebUI's FastAPI `app`; `credentials` (user -> password) as the WebUI's --api-auth;
     `tokens` serves /tokens; `expand(prompt, negative=, force=)` -> UpsampleResult serves /expand."""
     from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -86,8 +92,11 @@ def register_routes(app, setup: ModelSetup, *, credentials: Optional[dict[str, s
 
         def authenticate(request: Request):
             if not credentials_match(request.headers.get("Authorization"), credentials):
-                raise HTTPException(status_code=401, detail="Incorrect username or password",
-                                    headers={"WWW-Authenticate": 'Basic realm="ELLA", charset="UTF-8"'})
+                raise HTTPException(
+                    status_code=401,
+                    detail="Incorrect username or password",
+                    headers={"WWW-Authenticate": 'Basic realm="ELLA", charset="UTF-8"'},
+                )
 
         dependencies.append(Depends(authenticate))
 
@@ -106,8 +115,21 @@ def register_routes(app, setup: ModelSetup, *, credentials: Optional[dict[str, s
             out["check"] = dict(report.to_dict(), markdown=report.to_markdown())
         return out
 
-    @router.post("/download", openapi_extra={"requestBody": {"content": {"application/json": {"schema": {
-        "type": "object", "properties": {"kinds": {"type": "array", "items": {"type": "string"}}}}}}}})
+    @router.post(
+        "/download",
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"kinds": {"type": "array", "items": {"type": "string"}}},
+                        }
+                    }
+                }
+            }
+        },
+    )
     async def start_download(request: Request, response: Response):
         kinds = download_kinds(await read_body(request))
         try:
@@ -149,14 +171,16 @@ def register_routes(app, setup: ModelSetup, *, credentials: Optional[dict[str, s
         try:
             data = json.loads(body)
         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-            raise HTTPException(status_code=422, detail=detail(f"The body is not JSON ({exc}); send {{\"kinds\": [\"ella\", \"t5\"]}}.")) from None
+            raise HTTPException(
+                status_code=422, detail=detail(f'The body is not JSON ({exc}); send {{"kinds": ["ella", "t5"]}}.')
+            ) from None
         if data is None:
             return None
         if not isinstance(data, dict) or not isinstance(data.get("kinds", []), (list, type(None))):
             raise HTTPException(status_code=422, detail='The body must be {"kinds": ["ella", "t5"]} (kinds optional).')
         kinds = data.get("kinds")
         if kinds is not None and not all(isinstance(k, str) for k in kinds):
-            raise HTTPException(status_code=422, detail="'kinds' must list strings: \"ella\", \"t5\".")
+            raise HTTPException(status_code=422, detail='\'kinds\' must list strings: "ella", "t5".')
         return kinds
 
     async def read_model(request: Request, model):
@@ -200,15 +224,32 @@ def _token_route(router, counter: "TokenCounter", read_model) -> None:
         hires_steps: Optional[int] = None  # the hires prompt: its steps (numbers count on from `steps`)
         negative: bool = False  # a negative prompt: not split at AND
 
-    @router.post("/tokens", openapi_extra={"requestBody": {"content": {"application/json": {
-        "schema": TokensRequest.model_json_schema() if hasattr(TokensRequest, "model_json_schema") else {}}}}})
+    @router.post(
+        "/tokens",
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": TokensRequest.model_json_schema()
+                        if hasattr(TokensRequest, "model_json_schema")
+                        else {}
+                    }
+                }
+            }
+        },
+    )
     async def count_tokens(request: Request):
         body = await read_model(request, TokensRequest)
 
         def count():
             named = {k: getattr(body, k) for k in ("t5", "length", "long_prompts") if getattr(body, k)}
-            return counter.count(body.prompt, ELLAArgs.from_dict(named), steps=body.steps,
-                                 hires_steps=body.hires_steps, negative=body.negative)
+            return counter.count(
+                body.prompt,
+                ELLAArgs.from_dict(named),
+                steps=body.steps,
+                hires_steps=body.hires_steps,
+                negative=body.negative,
+            )
 
         try:
             result = await run_in_threadpool(count)  # the tokenizer may load: not on the event loop
@@ -227,8 +268,20 @@ def _expand_route(router, expand: Callable[..., Any], read_model) -> None:
         negative_prompt: str = ""
         force: bool = False  # also rewrite a prompt that is already a dense description
 
-    @router.post("/expand", openapi_extra={"requestBody": {"content": {"application/json": {
-        "schema": ExpandRequest.model_json_schema() if hasattr(ExpandRequest, "model_json_schema") else {}}}}})
+    @router.post(
+        "/expand",
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": ExpandRequest.model_json_schema()
+                        if hasattr(ExpandRequest, "model_json_schema")
+                        else {}
+                    }
+                }
+            }
+        },
+    )
     async def expand_prompt(request: Request):
         body = await read_model(request, ExpandRequest)
         try:  # the LLM answers in seconds: in a worker thread, not on the event loop

@@ -69,60 +69,140 @@ class ELLAArgs:
     positional lists in this order."""
 
     enabled: bool = arg(
-        False, bool, "ELLA", "accordion", xyz="ELLA: on/off",
+        False,
+        bool,
+        "ELLA",
+        "accordion",
+        xyz="ELLA: on/off",
         hint="Replace CLIP's text conditioning with ELLA: flan-t5-xl reads the prompt, the timestep-aware "
-             "connector turns it into 64 tokens at every step.")
+        "connector turns it into 64 tokens at every step.",
+    )
     model: str = arg(
-        "", str, "ELLA model", "model", infotext=INFO_MODEL, infotext_default=True,
-        hint="ELLA connector weights (*.safetensors in models/ELLA). Press the refresh button after adding files.")
+        "",
+        str,
+        "ELLA model",
+        "model",
+        infotext=INFO_MODEL,
+        infotext_default=True,
+        hint="ELLA connector weights (*.safetensors in models/ELLA). Press the refresh button after adding files.",
+    )
     t5: str = arg(
-        "", str, "T5 encoder", "t5", infotext="ELLA T5", infotext_default=True,
-        hint="flan-t5-xl encoder folder (in models/ELLA/t5): config.json, tokenizer and *.safetensors weights.")
+        "",
+        str,
+        "T5 encoder",
+        "t5",
+        infotext="ELLA T5",
+        infotext_default=True,
+        hint="flan-t5-xl encoder folder (in models/ELLA/t5): config.json, tokenizer and *.safetensors weights.",
+    )
     length: Length = arg(
-        Length.FLEXIBLE, Length, "Token length", "radio", infotext="ELLA length", infotext_default=True,
+        Length.FLEXIBLE,
+        Length,
+        "Token length",
+        "radio",
+        infotext="ELLA length",
+        infotext_default=True,
         xyz="ELLA: token length",
         hint="Flexible: the prompt's own length, as the ELLA demo. Fixed 128: padded to 128 tokens, as the "
-             "paper's fixed mode.")
+        "paper's fixed mode.",
+    )
     mode: Conditioning = arg(
-        Conditioning.ELLA, Conditioning, "Conditioning", "radio", infotext="ELLA mode", infotext_default=True,
+        Conditioning.ELLA,
+        Conditioning,
+        "Conditioning",
+        "radio",
+        infotext="ELLA mode",
+        infotext_default=True,
         xyz="ELLA: conditioning",
         hint="ELLA only is the paper's setting. ELLA + CLIP appends CLIP's tokens, keeping trigger words, "
-             "embeddings and a fine-tune's style.")
+        "embeddings and a fine-tune's style.",
+    )
     negative: Negative = arg(
-        Negative.ELLA, Negative, "Negative prompt through", "radio", infotext="ELLA negative", infotext_default=True,
-        hint="Encode the negative prompt with ELLA (default) or leave it to CLIP.")
+        Negative.ELLA,
+        Negative,
+        "Negative prompt through",
+        "radio",
+        infotext="ELLA negative",
+        infotext_default=True,
+        hint="Encode the negative prompt with ELLA (default) or leave it to CLIP.",
+    )
     start: float = arg(
-        0.0, float, "ELLA start", "slider", minimum=0.0, maximum=1.0, step=0.01, infotext="ELLA steps",
-        xyz="ELLA: start", hint="Fraction of the sampling steps where ELLA starts; before it, CLIP's conditioning is used.")
+        0.0,
+        float,
+        "ELLA start",
+        "slider",
+        minimum=0.0,
+        maximum=1.0,
+        step=0.01,
+        infotext="ELLA steps",
+        xyz="ELLA: start",
+        hint="Fraction of the sampling steps where ELLA starts; before it, CLIP's conditioning is used.",
+    )
     end: float = arg(
-        1.0, float, "ELLA end", "slider", minimum=0.0, maximum=1.0, step=0.01, infotext="ELLA steps",
-        xyz="ELLA: end", hint="Fraction of the sampling steps where ELLA stops; after it, CLIP's conditioning is used.")
+        1.0,
+        float,
+        "ELLA end",
+        "slider",
+        minimum=0.0,
+        maximum=1.0,
+        step=0.01,
+        infotext="ELLA steps",
+        xyz="ELLA: end",
+        hint="Fraction of the sampling steps where ELLA stops; after it, CLIP's conditioning is used.",
+    )
     emphasis: Emphasis = arg(
-        Emphasis.ORIGINAL, Emphasis, "Prompt emphasis", "radio", infotext="ELLA emphasis",
+        Emphasis.ORIGINAL,
+        Emphasis,
+        "Prompt emphasis",
+        "radio",
+        infotext="ELLA emphasis",
         hint="(word:1.3) and [word]: Original scales the word's T5 features and restores the mean, like the WebUI "
-             "does for CLIP; No norm skips the mean; Ignore drops the weights.")
+        "does for CLIP; No norm skips the mean; Ignore drops the weights.",
+    )
     long_prompts: LongPrompts = arg(
-        LongPrompts.TRUNCATE, LongPrompts, "Prompts over 128 T5 tokens", "radio", infotext="ELLA long prompts",
+        LongPrompts.TRUNCATE,
+        LongPrompts,
+        "Prompts over 128 T5 tokens",
+        "radio",
+        infotext="ELLA long prompts",
         hint="ELLA was trained on prompts of up to 128 T5 tokens. Truncate cuts longer prompts there (and says so "
-             "in the infotext); Keep passes them whole.")
+        "in the infotext); Keep passes them whole.",
+    )
     # ELLA + CLIP mode: the text CLIP encodes instead of the prompt / negative prompt ("" = the same text). Like
     # the WebUI's hires prompt while hires fix is off, they are kept but unused in the other mode.
     clip_prompt: str = arg(
-        "", str, "CLIP prompt (empty: the prompt)", "textbox", lines=2, infotext="ELLA CLIP prompt",
+        "",
+        str,
+        "CLIP prompt (empty: the prompt)",
+        "textbox",
+        lines=2,
+        infotext="ELLA CLIP prompt",
         applies_when=IN_CLIP_MODE,
         placeholder="Trigger words, embeddings, style tags: what CLIP encodes; T5 gets the prompt",
         hint="ELLA + CLIP mode: the text CLIP encodes instead of the prompt (trigger words, embeddings, style "
-             "tags). T5 reads only the prompt.")
+        "tags). T5 reads only the prompt.",
+    )
     clip_negative: str = arg(
-        "", str, "CLIP negative prompt (empty: the negative prompt)", "textbox", lines=2, infotext="ELLA CLIP negative",
-        applies_when=IN_CLIP_MODE, hint="ELLA + CLIP mode: the text CLIP encodes instead of the negative prompt.")
+        "",
+        str,
+        "CLIP negative prompt (empty: the negative prompt)",
+        "textbox",
+        lines=2,
+        infotext="ELLA CLIP negative",
+        applies_when=IN_CLIP_MODE,
+        hint="ELLA + CLIP mode: the text CLIP encodes instead of the negative prompt.",
+    )
     # caption upsampling at job time; no infotext key: the image's prompt is the expanded text (what T5 read), so
     # pasting it reproduces the image with expand off, and the original is recorded as INFO_ORIGINAL_PROMPT
     expand: bool = arg(
-        False, bool, "Expand the prompt for ELLA when generating (caption upsampling)", "checkbox",
+        False,
+        bool,
+        "Expand the prompt for ELLA when generating (caption upsampling)",
+        "checkbox",
         hint="Before the job, the LLM set in Settings rewrites the prompt into the dense caption ELLA was trained on; "
-             "the image's prompt is the expanded text and its infotext keeps the original. If the LLM fails, the job "
-             "stops with its message. A prompt that is already a dense description is left as it is.")
+        "the image's prompt is the expanded text and its infotext keeps the original. If the LLM fails, the job "
+        "stops with its message. A prompt that is already a dense description is left as it is.",
+    )
 
     # --- the schema -----------------------------------------------------------------------------
 
@@ -154,7 +234,7 @@ class ELLAArgs:
         *,
         enabled: Optional[bool] = None,
         installed: Optional[Callable[[], Mapping[str, str]]] = None,
-    ) -> "ELLAArgs":
+    ) -> ELLAArgs:
         """From a script's argument slice: UI/positional values, or a dict as the first element.
 
         `enabled` overrides the on/off value (an XYZ axis turning ELLA on for a cell uses the
@@ -195,7 +275,7 @@ class ELLAArgs:
         return cls.from_dict(with_installed(values))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ELLAArgs":
+    def from_dict(cls, data: Mapping[str, Any]) -> ELLAArgs:
         unknown = [k for k in data if k not in ROWS]
         if unknown:
             raise ArgumentError(
@@ -271,7 +351,7 @@ class ELLAArgs:
     def to_dict(self) -> dict[str, Any]:
         return {row.name: getattr(self, row.name) for row in ARGS}
 
-    def with_(self, **changes) -> "ELLAArgs":
+    def with_(self, **changes) -> ELLAArgs:
         new = replace(self, **{k: _parse(k, v) for k, v in changes.items()})
         new.validate()
         return new
@@ -297,7 +377,7 @@ class ELLAArgs:
         return info
 
     @classmethod
-    def from_infotext(cls, params: Mapping[str, Any]) -> "ELLAArgs":
+    def from_infotext(cls, params: Mapping[str, Any]) -> ELLAArgs:
         """From parsed generation parameters; an infotext without ELLA gives disabled defaults."""
         if INFO_MODEL not in params:
             return cls()
@@ -316,8 +396,9 @@ class ELLAArgs:
             except ValueError:
                 numbers = []
             if len(numbers) != len(parts):
-                raise ArgumentError(f"Infotext '{key}: {text[:80]}' is not '{'-'.join(r.name for r in parts)}' "
-                                    f"(e.g. {example}).")
+                raise ArgumentError(
+                    f"Infotext '{key}: {text[:80]}' is not '{'-'.join(r.name for r in parts)}' (e.g. {example})."
+                )
             data.update({row.name: v for row, v in zip(parts, numbers)})
         return cls.from_dict(data)
 

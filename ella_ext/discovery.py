@@ -33,7 +33,12 @@ class ModelRoots:
     t5: tuple[Path, ...]
 
     @classmethod
-    def under(cls, models_dir: str | os.PathLike, extra_ella: Iterable[str | os.PathLike] = (), extra_t5: Iterable[str | os.PathLike] = ()) -> "ModelRoots":
+    def under(
+        cls,
+        models_dir: str | os.PathLike,
+        extra_ella: Iterable[str | os.PathLike] = (),
+        extra_t5: Iterable[str | os.PathLike] = (),
+    ) -> ModelRoots:
         """The default roots under the WebUI's models folder, plus user-configured ones."""
         base = Path(models_dir) / "ELLA"
         return cls(
@@ -76,7 +81,9 @@ def list_ella_models(roots: ModelRoots) -> list[str]:
             if here != root and (os.path.realpath(here) in t5_roots or _is_t5_folder(here)):
                 dirnames[:] = []
                 continue
-            dirnames[:] = [d for d in sorted(dirnames) if not d.startswith(".") and os.path.realpath(here / d) not in t5_roots]
+            dirnames[:] = [
+                d for d in sorted(dirnames) if not d.startswith(".") and os.path.realpath(here / d) not in t5_roots
+            ]
             for f in sorted(filenames):
                 if f.lower().endswith(ELLA_SUFFIX) and _inside(here / f, root):
                     rel = (here / f).relative_to(root).as_posix()
@@ -121,7 +128,9 @@ def check_name(name: object, what: str, field: str) -> str:
     return norm
 
 
-def _resolve(name: str, roots: Sequence[Path], candidates, what: str, field: str, listing: Callable[[], Sequence[str]]) -> Path:
+def _resolve(
+    name: str, roots: Sequence[Path], candidates, what: str, field: str, listing: Callable[[], Sequence[str]]
+) -> Path:
     norm = check_name(name, what, field)
     for root in roots:
         for rel in candidates(norm):
@@ -141,8 +150,12 @@ def _resolve(name: str, roots: Sequence[Path], candidates, what: str, field: str
 
 def resolve_ella_model(name: str, roots: ModelRoots) -> Path:
     path = _resolve(
-        strip_hash(name), roots.ella, lambda n: [n + ELLA_SUFFIX] if not n.lower().endswith(ELLA_SUFFIX) else [n],
-        "ELLA model", "model", lambda: list_ella_models(roots)
+        strip_hash(name),
+        roots.ella,
+        lambda n: [n + ELLA_SUFFIX] if not n.lower().endswith(ELLA_SUFFIX) else [n],
+        "ELLA model",
+        "model",
+        lambda: list_ella_models(roots),
     )
     if not path.is_file():
         raise ModelPathError(f"ELLA model '{name}' is not a file.")

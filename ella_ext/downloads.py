@@ -82,7 +82,6 @@ def _error(kind: Optional[str]) -> type[ELLAError]:
     return ERRORS.get(kind or "", ELLAError)
 
 
-
 class _Retry(Exception):
     """A failure worth another attempt (lost connection, server error); the partial file is kept."""
 
@@ -132,8 +131,15 @@ class DownloadManager:
     apart); `listener`, if given, receives every status update (from the download thread).
     """
 
-    def __init__(self, *, chunk_size: int = 1 << 20, timeout: Optional[float] = None, retries: int = 3,
-                 retry_delay: float = 2.0, listener: Optional[Callable[[dict], None]] = None):
+    def __init__(
+        self,
+        *,
+        chunk_size: int = 1 << 20,
+        timeout: Optional[float] = None,
+        retries: int = 3,
+        retry_delay: float = 2.0,
+        listener: Optional[Callable[[dict], None]] = None,
+    ):
         self.chunk_size = chunk_size
         self.timeout = timeout
         self.retries = retries
@@ -147,8 +153,13 @@ class DownloadManager:
 
     # --- public ---------------------------------------------------------------------------------
 
-    def start(self, kinds: Sequence[str], targets: Mapping[str, str | os.PathLike], endpoint: Optional[str] = None,
-              offline: bool = False) -> dict:
+    def start(
+        self,
+        kinds: Sequence[str],
+        targets: Mapping[str, str | os.PathLike],
+        endpoint: Optional[str] = None,
+        offline: bool = False,
+    ) -> dict:
         """Start downloading `kinds` ("ella", "t5") into `targets[kind]` (the ELLA folder / the T5 folder's parent).
 
         Returns the status with `started`: False where a download already runs (its status is
@@ -168,8 +179,9 @@ class DownloadManager:
                 out["started"] = False
                 out["notice"] = "A download is already running; its progress is shown. Wait for it to finish."
                 return out
-            self._st = DownloadStatus(state="running", phase="listing", kinds=kinds, endpoint=hub_endpoint(endpoint),
-                              started_at=time.time())
+            self._st = DownloadStatus(
+                state="running", phase="listing", kinds=kinds, endpoint=hub_endpoint(endpoint), started_at=time.time()
+            )
             refusal = None
             reason = offline_reason(offline)
             if reason:
@@ -184,7 +196,9 @@ class DownloadManager:
                 return dict(self._st.to_dict(), started=False)
             self._finished.clear()
             self._cancel.clear()
-            worker = threading.Thread(target=self._run, args=(kinds, dests, self._st.endpoint), name="ella-download", daemon=True)
+            worker = threading.Thread(
+                target=self._run, args=(kinds, dests, self._st.endpoint), name="ella-download", daemon=True
+            )
             worker.start()
             return dict(self._st.to_dict(), started=True)
 
@@ -306,7 +320,7 @@ class DownloadManager:
             unit = _Unit(kind, target, target / STAGING, target / ELLA_FILE, files, False, target, root)
         else:
             dest = target / KNOWN_T5
-            files = [(r, r.path[len(KNOWN_T5) + 1:]) for r in remote]
+            files = [(r, r.path[len(KNOWN_T5) + 1 :]) for r in remote]
             unit = _Unit(kind, dest, target / STAGING / KNOWN_T5, dest, files, not dest.exists(), target, root)
         for _, rel in files:  # before any byte is written: a link inside the folder must not lead writes out
             unit.check_inside(unit.stage / (rel + PART))
@@ -420,7 +434,9 @@ class DownloadManager:
                     declared = _declared_length(response)
                     if declared is not None and declared > room:
                         raise _TooLong(declared)
-                    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0) | (os.O_APPEND if have else os.O_TRUNC)
+                    flags = (
+                        os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0) | (os.O_APPEND if have else os.O_TRUNC)
+                    )
                     # O_NOFOLLOW: a link put in its place after the check above is not followed
                     fd = self._disk(unit, remote, part, os.open, part, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
                     try:
@@ -529,7 +545,6 @@ def _same_size(path: Path, size: int) -> bool:
         return False
 
 
-
 def _declared_length(response) -> Optional[int]:
     """The response's Content-Length where it counts the file's bytes (not a compressed body), else None."""
     headers = response.headers
@@ -544,15 +559,21 @@ def _declared_length(response) -> Optional[int]:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 MANAGER = DownloadManager()
 
 
-def hub_download(kind: str, target_dir: str | os.PathLike, *, endpoint: Optional[str] = None,
-                 manager: Optional[DownloadManager] = None, on_status: Optional[Callable[[dict], None]] = None,
-                 poll: float = 0.5) -> Path:
+def hub_download(
+    kind: str,
+    target_dir: str | os.PathLike,
+    *,
+    endpoint: Optional[str] = None,
+    manager: Optional[DownloadManager] = None,
+    on_status: Optional[Callable[[dict], None]] = None,
+    poll: float = 0.5,
+) -> Path:
     """Download 'ella' (the TSC weights) or 't5' (the encoder folder) of QQGYLab/ELLA into target_dir; blocks.
 
     Returns the ELLA file or the T5 folder. Where another download runs, waits for it first.

@@ -14,9 +14,9 @@ from typing import Optional
 
 from .discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, resolve_ella_model, resolve_t5_encoder, strip_hash
 from .download_status import human_size
+from .errors import ELLAError, TextEncoderError
 from .file_hashes import file_key, file_matches, file_sha256
 from .hub import ELLA_FILE, REPO, RemoteFile, hub_endpoint, offline_reason, remote_files
-from .errors import ELLAError, TextEncoderError
 from .safetensors_file import read_header
 from .t5 import TOKENIZER_FILES, inspect_t5_folder
 
@@ -76,12 +76,22 @@ class _Hub:
                 listed = {f.path: f for f in remote_files(kind, self.endpoint, timeout=self.timeout)}
                 self._files[kind] = (listed, "")
             except ELLAError as exc:
-                self._files[kind] = (None, f"not checked against the hub at {self.endpoint} ({getattr(exc, 'reason', exc)})")
+                self._files[kind] = (
+                    None,
+                    f"not checked against the hub at {self.endpoint} ({getattr(exc, 'reason', exc)})",
+                )
         return self._files[kind]
 
 
-def check_models(model: str, t5: str, roots: ModelRoots, *, endpoint: Optional[str] = None, offline: bool = False,
-                 timeout: Optional[float] = 10.0) -> CheckReport:
+def check_models(
+    model: str,
+    t5: str,
+    roots: ModelRoots,
+    *,
+    endpoint: Optional[str] = None,
+    offline: bool = False,
+    timeout: Optional[float] = 10.0,
+) -> CheckReport:
     """Check the ELLA model and T5 folder named as in the UI (`model`, `t5`) under `roots`."""
     hub = _Hub(endpoint, offline, timeout)
     return CheckReport(_check_ella(model, roots, hub) + _check_t5(t5, roots, hub))
@@ -130,8 +140,12 @@ def _check_ella_weights(path: Path, released: bool) -> CheckItem:
         else:
             fix = "Replace the file with a complete ELLA TSC .safetensors."
         return CheckItem("ELLA weights", False, str(exc), fix, repair="ella" if released else "")
-    return CheckItem("ELLA weights", True, f"a TSC with {counted(cfg.layers, 'block')}, width {cfg.width}, "
-                                           f"{cfg.num_parameters / 1e6:.1f}M parameters, {'/'.join(dtypes)}; loads")
+    return CheckItem(
+        "ELLA weights",
+        True,
+        f"a TSC with {counted(cfg.layers, 'block')}, width {cfg.width}, "
+        f"{cfg.num_parameters / 1e6:.1f}M parameters, {'/'.join(dtypes)}; loads",
+    )
 
 
 def _compare(label: str, path: Path, kind: str, repo_path: Optional[str], hub: _Hub) -> CheckItem:
@@ -152,8 +166,13 @@ def _compare(label: str, path: Path, kind: str, repo_path: Optional[str], hub: _
         why = f"it has {human_size(size)}, the hub's {human_size(remote.size)}: incomplete"
     else:
         why = f"the hub publishes {remote.expected}"
-    return CheckItem(label, False, f"{sha}; does not match the hub ({why}). The file is corrupt.",
-                     f"Press Download to replace '{path}' (or delete it and download it again by hand).", repair=kind)
+    return CheckItem(
+        label,
+        False,
+        f"{sha}; does not match the hub ({why}). The file is corrupt.",
+        f"Press Download to replace '{path}' (or delete it and download it again by hand).",
+        repair=kind,
+    )
 
 
 def _check_t5(name: str, roots: ModelRoots, hub: _Hub) -> list[CheckItem]:
@@ -179,7 +198,9 @@ def _check_t5(name: str, roots: ModelRoots, hub: _Hub) -> list[CheckItem]:
         weight_files = list(folder.weight_files)  # only what the loader reads: a checkout's decoder shard is left out
         weights = []
         for f in weight_files:
-            dtypes = sorted({t.dtype for t in read_header(f, error=TextEncoderError, what="T5 weights").tensors.values()})
+            dtypes = sorted(
+                {t.dtype for t in read_header(f, error=TextEncoderError, what="T5 weights").tensors.values()}
+            )
             weights.append(f"{f.name} ({human_size(f.stat().st_size)}, {'/'.join(dtypes)})")
         index = " via model.safetensors.index.json" if (path / "model.safetensors.index.json").is_file() else ""
         cfg = folder.config
@@ -191,8 +212,11 @@ def _check_t5(name: str, roots: ModelRoots, hub: _Hub) -> list[CheckItem]:
     if tokenizers:
         items.append(CheckItem("T5 tokenizer", True, f"{' and '.join(tokenizers)} present"))
     else:
-        items.append(CheckItem("T5 tokenizer", False, "neither tokenizer.json nor spiece.model is in the folder", fix,
-                               repair="t5"))
+        items.append(
+            CheckItem(
+                "T5 tokenizer", False, "neither tokenizer.json nor spiece.model is in the folder", fix, repair="t5"
+            )
+        )
     items.append(_compare_folder(path, weight_files, released, hub))
     return items
 
@@ -201,18 +225,25 @@ def _compare_folder(path: Path, weight_files: list[Path], released: bool, hub: _
     """Every released file of the T5 folder against the hub's size and hash; the weights' sha256 listed."""
     shas = "; ".join(f"{p.name} sha256 {file_sha256(p)}" for p in weight_files) or "no .safetensors weights"
     if not released:
-        return CheckItem("T5 checksums", True, f"{shas}; not the released folder, so not compared with the hub", skipped=True)
+        return CheckItem(
+            "T5 checksums", True, f"{shas}; not the released folder, so not compared with the hub", skipped=True
+        )
     listed, reason = hub.files("t5")
     if listed is None:
         return CheckItem("T5 checksums", True, f"{shas}; {reason}", skipped=True)
     bad = []
     for remote in listed.values():
-        local = path / remote.path[len(KNOWN_T5) + 1:]
+        local = path / remote.path[len(KNOWN_T5) + 1 :]
         if not local.is_file():
             bad.append(f"{local.name} is missing")
         elif not file_matches(local, remote):
             bad.append(f"{local.name} differs from the hub's (corrupt or incomplete)")
     if bad:
-        return CheckItem("T5 checksums", False, f"{'; '.join(bad)}. {shas}",
-                         f"Press Download to fetch the missing or broken files into '{path}'.", repair="t5")
+        return CheckItem(
+            "T5 checksums",
+            False,
+            f"{'; '.join(bad)}. {shas}",
+            f"Press Download to fetch the missing or broken files into '{path}'.",
+            repair="t5",
+        )
     return CheckItem("T5 checksums", True, f"all {len(listed)} files match the hub ({REPO}); {shas}")

@@ -24,8 +24,9 @@ README_MODELS = "README, section Models"
 
 
 class ModelSetup:
-    def __init__(self, roots: Callable[[], ModelRoots], manager: Optional[DownloadManager] = None,
-                 endpoint: Optional[str] = None):
+    def __init__(
+        self, roots: Callable[[], ModelRoots], manager: Optional[DownloadManager] = None, endpoint: Optional[str] = None
+    ):
         self._roots = roots
         self.manager = manager or MANAGER
         self.endpoint = endpoint  # None: HF_ENDPOINT, else huggingface_hub's default
@@ -71,8 +72,11 @@ class ModelSetup:
         if kinds is None:
             kinds = self.to_download()
             if not kinds:
-                return dict(self.manager.status(), started=False,
-                            notice="The ELLA model and the T5 encoder are installed; nothing to download.")
+                return dict(
+                    self.manager.status(),
+                    started=False,
+                    notice="The ELLA model and the T5 encoder are installed; nothing to download.",
+                )
         return self.manager.start(list(kinds), self.targets(), endpoint=self.endpoint)
 
     def download_status(self) -> dict:
@@ -140,8 +144,11 @@ class ModelSetup:
         repair = self._repairs()
         if not missing and repair:
             names = " and ".join(WHAT[k] for k in KINDS if k in repair)
-            return _line(f"Check found {names} damaged (see the report). Press Download to replace "
-                         f"{'them' if len(repair) > 1 else 'it'} with the verified released files.", "error")
+            return _line(
+                f"Check found {names} damaged (see the report). Press Download to replace "
+                f"{'them' if len(repair) > 1 else 'it'} with the verified released files.",
+                "error",
+            )
         if status["state"] == "error" and missing:
             return _line(f"Download failed: {status['error']} Press Download to try again (it resumes).", "error")
         if missing:
@@ -150,9 +157,12 @@ class ModelSetup:
             reason = offline_reason()
             if reason:
                 return _line(f"ELLA needs {needed}. {offline_message(reason)}", "missing")
-            return _line(f"ELLA needs {needed}. Press Download to fetch {'them' if len(missing) > 1 else 'it'} "
-                         f"from {REPO} on the Hugging Face hub, or put {'them' if len(missing) > 1 else 'it'} "
-                         f"there by hand ({README_MODELS}).", "missing")
+            return _line(
+                f"ELLA needs {needed}. Press Download to fetch {'them' if len(missing) > 1 else 'it'} "
+                f"from {REPO} on the Hugging Face hub, or put {'them' if len(missing) > 1 else 'it'} "
+                f"there by hand ({README_MODELS}).",
+                "missing",
+            )
         if status["state"] == "done" and status.get("finished_at") and time.time() - status["finished_at"] < 3600:
             return _line(f"{status['message']} ELLA is ready.", "done")  # the manager's "Downloaded and verified: ..."
         return ""

@@ -175,8 +175,10 @@ class JobPlan:
                 sub_prompts.append(text)
                 cond_row_image.append(image)
         negatives = [strip_extra_networks(n) for n in spec.negative_prompts]
-        schedules = self.syntax.schedules(sub_prompts + negatives, spec.steps, spec.hires_steps, spec.use_old_scheduling)
-        cond_rows, uncond_rows = schedules[: len(sub_prompts)], schedules[len(sub_prompts):]
+        schedules = self.syntax.schedules(
+            sub_prompts + negatives, spec.steps, spec.hires_steps, spec.use_old_scheduling
+        )
+        cond_rows, uncond_rows = schedules[: len(sub_prompts)], schedules[len(sub_prompts) :]
         if self.args.negative == Negative.CLIP:
             uncond_rows = []
         regions = {}
@@ -309,7 +311,7 @@ class JobPlan:
         n_cond, batch = len(plan.cond_rows), len(plan.spec.prompts)
         t = t.reshape(-1)
         if t.numel() >= n_cond + batch and t.numel() in (n_cond + batch, n_cond + 2 * batch):
-            return t[:n_cond], t[n_cond: n_cond + batch]  # A1111: already expanded like the rows
+            return t[:n_cond], t[n_cond : n_cond + batch]  # A1111: already expanded like the rows
         if t.numel() == batch:
             image = torch.tensor(plan.cond_row_image, device=t.device)
             return t[image], t
@@ -386,7 +388,9 @@ class JobPlan:
         empty = out.new_zeros((0, *out.shape[1:]))
         return (torch.stack(rows[:n]) if n else empty), (torch.stack(rows[n:]) if len(rows) > n else empty)
 
-    def _clip_part(self, plan: PassPlan, call: DenoiserCall, cond: torch.Tensor, uncond: Any) -> tuple[torch.Tensor, Any]:
+    def _clip_part(
+        self, plan: PassPlan, call: DenoiserCall, cond: torch.Tensor, uncond: Any
+    ) -> tuple[torch.Tensor, Any]:
         """The CLIP rows of ELLA + CLIP: the WebUI's own, or those of the user's separate CLIP text."""
         if call.clip_cond is not None:
             rows = torch.tensor(plan.cond_row_image, device=call.clip_cond.device)

@@ -22,8 +22,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .prompt_syntax import BREAK_MARK, PromptSyntax
 from .logs import warn_once
+from .prompt_syntax import BREAK_MARK, PromptSyntax
 from .t5 import T5TextEncoder, Tokens
 
 # T5 features are close to zero-mean (CLIP's are not), so the WebUI's mean-restoring factor
@@ -163,8 +163,9 @@ class PromptEncoder:
             n_tokens += tokens.n_real
             truncated = truncated or tokens.truncated
         features = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
-        return EncodedPrompt(features=features, tokens=n_tokens, truncated=truncated, weighted=weighted,
-                             emphasis_ignored=ignored)
+        return EncodedPrompt(
+            features=features, tokens=n_tokens, truncated=truncated, weighted=weighted, emphasis_ignored=ignored
+        )
 
     def no_offsets_reason(self) -> str:
         note = getattr(self._encoder, "tokenizer_note", None)  # the loaded encoder knows why; never load it for this

@@ -94,8 +94,8 @@ def split_weight(sub: str) -> tuple[str, Optional[str]]:
     """SUBPROMPT_WEIGHT's groups for one AND sub-prompt: its text and its trailing ':weight' (or None)."""
     body = sub.rstrip()
     colon = body.rfind(":")
-    if colon >= 0 and _WEIGHT.fullmatch(body[colon + 1:].lstrip()):
-        return body[:colon].rstrip(), body[colon + 1:].lstrip()
+    if colon >= 0 and _WEIGHT.fullmatch(body[colon + 1 :].lstrip()):
+        return body[:colon].rstrip(), body[colon + 1 :].lstrip()
     return body, None
 
 
@@ -277,7 +277,9 @@ def _render(nodes, step: int) -> str:
     return "".join(out)
 
 
-def prompt_schedule(prompt: str, steps: int, hires_steps: Optional[int] = None, use_old_scheduling: bool = False) -> Schedule:
+def prompt_schedule(
+    prompt: str, steps: int, hires_steps: Optional[int] = None, use_old_scheduling: bool = False
+) -> Schedule:
     """The texts one prompt takes over the sampling steps, as [(end_at_step, text), ...].
 
     Integer step numbers are absolute, fractions (with a '.') are of the pass's steps; with hires
@@ -334,6 +336,7 @@ def text_at_step(schedule: Schedule, step: int) -> str:
 
 
 # --- AND and emphasis ----------------------------------------------------------------------------
+
 
 def split_and(prompt: str) -> list[tuple[str, float]]:
     """Sub-prompts of a positive prompt and their weights: 'a AND b:0.5' -> [('a', 1.0), (' b', 0.5)]."""

@@ -76,8 +76,13 @@ class LoadedTSC:
 
 
 class ELLARuntime:
-    def __init__(self, settings: Optional[Settings] = None, hooks: Optional[MemoryHooks] = None,
-                 hub_download: Optional[Callable[..., Path]] = None, report: Optional[Report] = None):
+    def __init__(
+        self,
+        settings: Optional[Settings] = None,
+        hooks: Optional[MemoryHooks] = None,
+        hub_download: Optional[Callable[..., Path]] = None,
+        report: Optional[Report] = None,
+    ):
         self.settings = settings or Settings()
         self.hooks = hooks or MemoryHooks()
         self.report: Report = report or (lambda text: None)
@@ -95,8 +100,10 @@ class ELLARuntime:
         """Apply changed settings; a T5 precision change unloads T5 (it reloads in the new dtype)."""
         with self._lock:
             if settings.t5_residency not in list(Residency):
-                raise ELLAError(f"ELLA T5 residency '{settings.t5_residency}' is not one of "
-                                f"{', '.join(r.value for r in Residency)}.")
+                raise ELLAError(
+                    f"ELLA T5 residency '{settings.t5_residency}' is not one of "
+                    f"{', '.join(r.value for r in Residency)}."
+                )
             if settings.t5_precision != self.settings.t5_precision:
                 self.unload_text_encoder()
             self.settings = settings
@@ -147,8 +154,10 @@ class ELLARuntime:
             if self._tsc is None or self._tsc.key != key:
                 self._tsc = None
                 size = human_size(os.path.getsize(path))
-                with self.activity(f"ELLA: loading the connector {path.name} ({size}) in {_dtype_name(dtype)} "
-                                   f"to {_device_name(device)}"):
+                with self.activity(
+                    f"ELLA: loading the connector {path.name} ({size}) in {_dtype_name(dtype)} "
+                    f"to {_device_name(device)}"
+                ):
                     self._tsc = LoadedTSC(load_ella(path, device=device, dtype=dtype), path, key)
             return self._tsc.model
 
@@ -168,8 +177,10 @@ class ELLARuntime:
                 self.unload_text_encoder()
             device = self.hooks.compute_device()
             if self._t5 is None:
-                with self.activity(f"ELLA: loading the T5 encoder {Path(folder).name} "
-                                   f"({_t5_size_on_disk(folder)} on disk) in {self._t5_precision_name()}"):
+                with self.activity(
+                    f"ELLA: loading the T5 encoder {Path(folder).name} "
+                    f"({_t5_size_on_disk(folder)} on disk) in {self._t5_precision_name()}"
+                ):
                     self._t5 = load_t5_encoder(folder, device="cpu", precision=self.settings.t5_precision)
                 self._t5_key = key
             if self._t5.device != device:

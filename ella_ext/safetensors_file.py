@@ -193,5 +193,7 @@ def load_tensors(
     except ELLAError:
         raise
     except (OSError, RuntimeError, TypeError, ValueError) as exc:
-        raise error(f"{what} '{header.path}' could not be read: {exc}. The file may be corrupt; download it again.") from exc
+        raise error(
+            f"{what} '{header.path}' could not be read: {exc}. The file may be corrupt; download it again."
+        ) from exc
     return out

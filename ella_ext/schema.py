@@ -57,14 +57,16 @@ class Choice(str, Enum):
         return [member.label for member in cls]
 
     @classmethod
-    def parse(cls, value: Any, where: str) -> "Choice":
+    def parse(cls, value: Any, where: str) -> Choice:
         """The member named by its value or its label (any case); ArgumentError naming `where` otherwise."""
         if isinstance(value, str):
             wanted = value.strip().lower()
             for member in cls:
                 if wanted in (member.value, member.label.lower()):
                     return member
-        accepted = ", ".join(f"'{m.value}'" for m in cls) + " (or the labels " + ", ".join(f"'{m.label}'" for m in cls) + ")"
+        accepted = (
+            ", ".join(f"'{m.value}'" for m in cls) + " (or the labels " + ", ".join(f"'{m.label}'" for m in cls) + ")"
+        )
         raise ArgumentError(f"{where} must be one of {accepted}, got {shown(value)}.")
 
 
@@ -109,7 +111,11 @@ class Arg:
         return value
 
     def _number(self, value: Any, where: str) -> float:
-        bounds = f" between {self.minimum:g} and {self.maximum:g}" if self.minimum is not None and self.maximum is not None else ""
+        bounds = (
+            f" between {self.minimum:g} and {self.maximum:g}"
+            if self.minimum is not None and self.maximum is not None
+            else ""
+        )
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ArgumentError(f"{where} must be a number{bounds}, got {shown(value)}.")
         try:
@@ -174,6 +180,7 @@ def rows(cls) -> tuple[Arg, ...]:
 
 # --- settings ------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Setting:
     """One ELLA setting in the WebUI's Settings tab (options without a key are not shown there)."""
@@ -228,4 +235,3 @@ def setting_rows(cls) -> Iterator[Setting]:
 def from_options(cls, options: Any):
     """An instance of the settings dataclass `cls` read from the WebUI's options."""
     return cls(**{row.name: row.read(options) for row in setting_rows(cls)})
-

@@ -62,13 +62,19 @@ def inspect_t5_folder(path: str | os.PathLike) -> T5Folder:
     """Check that `path` is a usable T5 folder; raise TextEncoderError naming what is missing."""
     path = Path(path)
     if not path.exists():
-        raise TextEncoderError(f"T5 encoder folder '{path}' does not exist. Put flan-t5-xl's encoder there (see README).")
+        raise TextEncoderError(
+            f"T5 encoder folder '{path}' does not exist. Put flan-t5-xl's encoder there (see README)."
+        )
     if not path.is_dir():
         raise TextEncoderError(
             f"T5 encoder '{path}' is a file; give the folder that holds config.json, the tokenizer files and the weights."
         )
     names = {p.name for p in path.iterdir()}
-    renamed = sorted(n for n in names if n.endswith("_config.json") and n != "tokenizer_config.json" and not n.endswith("_tokenizer_config.json"))
+    renamed = sorted(
+        n
+        for n in names
+        if n.endswith("_config.json") and n != "tokenizer_config.json" and not n.endswith("_tokenizer_config.json")
+    )
     if "config.json" not in names:
         hint = ""
         if renamed:
@@ -109,7 +115,9 @@ def inspect_t5_folder(path: str | os.PathLike) -> T5Folder:
             raise TextEncoderError(f"T5 weight index '{path / INDEX_FILE}' is malformed. Download it again.") from None
         missing = [s for s in shards if s not in names]
         if missing:
-            raise TextEncoderError(f"T5 folder '{path}' is missing weight shards {_few(missing)} named in {INDEX_FILE}.")
+            raise TextEncoderError(
+                f"T5 folder '{path}' is missing weight shards {_few(missing)} named in {INDEX_FILE}."
+            )
         weight_files = tuple(path / s for s in shards)
     else:
         weight_files = tuple(sorted(path / n for n in names if n.endswith(".safetensors")))
@@ -124,7 +132,9 @@ def inspect_t5_folder(path: str | os.PathLike) -> T5Folder:
     decoder = bool(config.get("is_encoder_decoder", True)) and any(
         "decoder" in a.lower() or "conditionalgeneration" in a.lower() for a in config.get("architectures") or []
     )
-    return T5Folder(path=path, config=config, weight_files=weight_files, layout="encoder-decoder" if decoder else "encoder-only")
+    return T5Folder(
+        path=path, config=config, weight_files=weight_files, layout="encoder-decoder" if decoder else "encoder-only"
+    )
 
 
 def _is_encoder_key(key: str) -> bool:
@@ -148,7 +158,7 @@ def half_dtype_runs_on(device) -> bool:
     return True
 
 
-def resolve_precision(precision: str, device) -> "object":
+def resolve_precision(precision: str, device) -> object:
     """Map the user's T5 precision setting to a torch dtype on `device`.
 
     "auto" is fp16, the way the authors ran T5 (their results depend on it), falling back to fp32
@@ -202,9 +212,9 @@ class T5TextEncoder:
     """
 
     folder: T5Folder
-    dtype: "object"
-    model: "object" = field(repr=False)
-    tokenizer: "object" = field(repr=False)
+    dtype: object
+    model: object = field(repr=False)
+    tokenizer: object = field(repr=False)
     tokenizer_note: Optional[str] = None  # why the tokenizer gives no offsets (emphasis ignored), if it does not
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
@@ -224,7 +234,7 @@ class T5TextEncoder:
     def identity(self) -> str:
         return f"{self.folder.identity}|{str(self.dtype).removeprefix('torch.')}"
 
-    def to(self, device) -> "T5TextEncoder":
+    def to(self, device) -> T5TextEncoder:
         with self.lock:
             self.model.to(device)
         return self
@@ -300,7 +310,9 @@ def load_t5_encoder(path: str | os.PathLike, *, device="cpu", precision: str = "
     dtype = resolve_precision(precision, device)
     tokenizer, tokenizer_note = load_tokenizer(folder.path)
 
-    config_fields = {k: v for k, v in folder.config.items() if k not in ("auto_map", "architectures", "torch_dtype", "dtype")}
+    config_fields = {
+        k: v for k, v in folder.config.items() if k not in ("auto_map", "architectures", "torch_dtype", "dtype")
+    }
     try:
         config = T5Config(**config_fields)
     except Exception as exc:
@@ -317,7 +329,9 @@ def load_t5_encoder(path: str | os.PathLike, *, device="cpu", precision: str = "
     missing = sorted(set(wanted) - set(sources))
     unexpected = sorted(set(sources) - set(wanted))
     if missing or unexpected:
-        found = sorted(k for f in folder.weight_files for k in read_header(f, error=TextEncoderError, what="T5 weights").tensors)
+        found = sorted(
+            k for f in folder.weight_files for k in read_header(f, error=TextEncoderError, what="T5 weights").tensors
+        )
         detail = []
         if missing:
             detail.append(f"missing {_few(missing)}")
@@ -340,11 +354,13 @@ def load_t5_encoder(path: str | os.PathLike, *, device="cpu", precision: str = "
 
     state = {}
     by_file: dict[Path, list[str]] = {}
-    for key, (header, file_key) in sources.items():
+    for header, file_key in sources.values():
         by_file.setdefault(header.path, []).append(file_key)
     headers = {h.path: h for h, _ in sources.values()}
     for file_path, keys in by_file.items():
-        loaded = load_tensors(headers[file_path], keys, dtype=dtype, device="cpu", error=TextEncoderError, what="T5 weights")
+        loaded = load_tensors(
+            headers[file_path], keys, dtype=dtype, device="cpu", error=TextEncoderError, what="T5 weights"
+        )
         for k, v in loaded.items():
             state["shared.weight" if k == tied else k] = v
     model.load_state_dict(state, strict=False, assign=True)

@@ -34,7 +34,10 @@ def load_tokenizer(folder: Path) -> tuple[object, Optional[str]]:
         except Exception as exc:  # transformers raises many types here; report them all
             errors.append(f"tokenizer.json: {exception_summary(exc, 200)}")
         if (folder / "tokenizer.json").is_file():
-            for name, build in (("tokenizer.json in the older format", _fast_from_older_json), ("spiece.model", _fast_from_spiece)):
+            for name, build in (
+                ("tokenizer.json in the older format", _fast_from_older_json),
+                ("spiece.model", _fast_from_spiece),
+            ):
                 try:
                     return build(fast, folder), None
                 except Exception as exc:
@@ -103,5 +106,8 @@ def _fast_from_older_json(fast_class, folder: Path):
 def _fast_from_spiece(fast_class, folder: Path):
     """The fast tokenizer converted from spiece.model, ignoring the folder's tokenizer.json."""
     tokenizer = _fast_from_files(fast_class, folder, SPIECE_COMPANIONS)
-    log.info("ELLA: %s/tokenizer.json is not readable by this tokenizers version; built the tokenizer from spiece.model", folder)
+    log.info(
+        "ELLA: %s/tokenizer.json is not readable by this tokenizers version; built the tokenizer from spiece.model",
+        folder,
+    )
     return tokenizer

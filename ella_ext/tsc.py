@@ -89,7 +89,9 @@ class TSCConfig:
         return sum(math.prod(s) for s in self.expected_shapes().values())
 
     @classmethod
-    def from_shapes(cls, shapes: dict[str, tuple[int, ...]], *, heads: int = DEFAULT_HEADS, source: str = "weights") -> "TSCConfig":
+    def from_shapes(
+        cls, shapes: dict[str, tuple[int, ...]], *, heads: int = DEFAULT_HEADS, source: str = "weights"
+    ) -> TSCConfig:
         """Infer the configuration from a state dict's shapes; raise ModelFileError if it is not a TSC."""
 
         def need(key: str, ndim: int) -> tuple[int, ...]:
@@ -101,7 +103,9 @@ class TSCConfig:
                     "Use ella-sd1.5-tsc-t5xl.safetensors from QQGYLab/ELLA."
                 )
             if len(shape) != ndim:
-                raise ModelFileError(f"ELLA model '{source}': '{key}' has shape {list(shape)}, expected {ndim} dimensions.")
+                raise ModelFileError(
+                    f"ELLA model '{source}': '{key}' has shape {list(shape)}, expected {ndim} dimensions."
+                )
             return shape
 
         te, tc = need("time_embedding.linear_1.weight", 2)
@@ -111,14 +115,23 @@ class TSCConfig:
         block_ids = {int(m.group(1)) for k in shapes if (m := re.match(r"connector\.perceiver_blocks\.(\d+)\.", k))}
         layers = max(block_ids) + 1 if block_ids else 0
         if layers == 0:
-            raise ModelFileError(f"ELLA model '{source}' has no perceiver blocks (keys 'connector.perceiver_blocks.N.*').")
+            raise ModelFileError(
+                f"ELLA model '{source}' has no perceiver blocks (keys 'connector.perceiver_blocks.N.*')."
+            )
         if heads <= 0 or width % heads:
             raise ModelFileError(
                 f"ELLA model '{source}': width {width} is not divisible by heads={heads}; set the number of heads that "
                 "the model was trained with."
             )
-        return cls(time_channel=tc, time_embed_dim=te, width=width, layers=layers, heads=heads,
-                   num_latents=num_latents, input_dim=input_dim)
+        return cls(
+            time_channel=tc,
+            time_embed_dim=te,
+            width=width,
+            layers=layers,
+            heads=heads,
+            num_latents=num_latents,
+            input_dim=input_dim,
+        )
 
 
 def _few(items, n: int = 4) -> str:
@@ -251,7 +264,7 @@ class PreparedText:
         n = self.normed.numel() * self.normed.element_size()
         return n + (self.key_mask.numel() if self.key_mask is not None else 0)
 
-    def select(self, index: torch.Tensor) -> "PreparedText":
+    def select(self, index: torch.Tensor) -> PreparedText:
         return PreparedText(self.normed[index], self.key_mask[index] if self.key_mask is not None else None)
 
 
@@ -365,9 +378,7 @@ def load_ella(
     if unexpected:
         problems.append(f"unexpected keys {_few(unexpected)}")
     if wrong:
-        problems.append(
-            "wrong shapes " + _few(f"{k}: {list(shapes[k])} != {list(expected[k])}" for k in wrong)
-        )
+        problems.append("wrong shapes " + _few(f"{k}: {list(shapes[k])} != {list(expected[k])}" for k in wrong))
     if problems:
         raise ModelFileError(
             f"ELLA model '{path}' does not match the ELLA TSC layout ({'; '.join(problems)}). "

@@ -56,7 +56,9 @@ def write_tokenizer(folder: Path, *, vocab_size: int = 512, fast_json: bool = Tr
     )
     (folder / "spiece.model").write_bytes(buf.getvalue())
     (folder / "tokenizer_config.json").write_text(
-        json.dumps({"extra_ids": 0, "model_max_length": 512, "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"})
+        json.dumps(
+            {"extra_ids": 0, "model_max_length": 512, "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+        )
     )
     (folder / "special_tokens_map.json").write_text(
         json.dumps({"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"})
@@ -109,7 +111,11 @@ def random_t5_state(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def encoder_state(full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in full.items() if k.startswith("encoder.") and k != "encoder.embed_tokens.weight" or k == "shared.weight"}
+    return {
+        k: v
+        for k, v in full.items()
+        if (k.startswith("encoder.") and k != "encoder.embed_tokens.weight") or k == "shared.weight"
+    }
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path, dtype=None) -> None:
@@ -118,7 +124,9 @@ def _save(tensors: dict[str, torch.Tensor], path: Path, dtype=None) -> None:
     save_file({k: (v.to(dtype) if dtype else v).contiguous() for k, v in tensors.items()}, str(path))
 
 
-def write_t5_folder(folder: Path, layout: str, *, seed: int = 0, dtype=None, d_model: int = 32) -> dict[str, torch.Tensor]:
+def write_t5_folder(
+    folder: Path, layout: str, *, seed: int = 0, dtype=None, d_model: int = 32
+) -> dict[str, torch.Tensor]:
     """Write a tiny T5 in one of the layouts; returns the full fp32 state dict used.
 
     layouts: "ella" (QQGYLab/ELLA models--google--flan-t5-xl--text_encoder: encoder-only model.safetensors),
@@ -146,7 +154,7 @@ def write_t5_folder(folder: Path, layout: str, *, seed: int = 0, dtype=None, d_m
         weight_map = {}
         for name, ks in shards.items():
             _save({k: full[k] for k in ks}, folder / name, dtype)
-            weight_map.update({k: name for k in ks})
+            weight_map.update(dict.fromkeys(ks, name))
         (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
         (folder / "pytorch_model.bin").write_bytes(b"\x80\x04decoy pickle that must never be read")
     elif layout == "encoder-file":
@@ -164,7 +172,9 @@ def reference_t5_encoder(full: dict[str, torch.Tensor], config: dict):
 
     cfg = T5Config(**{k: v for k, v in config.items() if k != "architectures"})
     model = T5EncoderModel(cfg)
-    model.load_state_dict({k: v for k, v in full.items() if k.startswith("encoder.") or k == "shared.weight"}, strict=False)
+    model.load_state_dict(
+        {k: v for k, v in full.items() if k.startswith("encoder.") or k == "shared.weight"}, strict=False
+    )
     model.set_input_embeddings(model.shared)
     return model.eval()
 

@@ -11,13 +11,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-
 import webui_env
 from fake_rp_attention import hook_forwards
 
 webui_env.enter_fake_webui()
 
-from modules import processing, prompt_parser, scripts, script_callbacks, shared  # noqa: E402
+from modules import processing, prompt_parser, script_callbacks, scripts, shared  # noqa: E402
 
 MARK = 1024.0
 
@@ -40,6 +39,7 @@ class FakeAlwaysOn(scripts.Script):
 
 # --- sd-webui-controlnet (A1111): marker token in front of every CLIP row -------------------------
 
+
 def _mark_schedules(schedules, positive):
     out = []
     for entry in schedules:
@@ -50,8 +50,13 @@ def _mark_schedules(schedules, positive):
 
 
 def mark_cond(c):
-    batch = [[prompt_parser.ComposableScheduledPromptConditioning(_mark_schedules(comp.schedules, True), comp.weight)
-              for comp in row] for row in c.batch]
+    batch = [
+        [
+            prompt_parser.ComposableScheduledPromptConditioning(_mark_schedules(comp.schedules, True), comp.weight)
+            for comp in row
+        ]
+        for row in c.batch
+    ]
     return prompt_parser.MulticondLearnedConditioning(c.shape, batch)
 
 
@@ -73,8 +78,12 @@ class FakeControlNet(FakeAlwaysOn):
         sample = p.sample
 
         def hooked_sample(*args, conditioning=None, unconditional_conditioning=None, **kwargs):
-            return sample(*args, conditioning=mark_cond(conditioning),
-                          unconditional_conditioning=mark_uncond(unconditional_conditioning), **kwargs)
+            return sample(
+                *args,
+                conditioning=mark_cond(conditioning),
+                unconditional_conditioning=mark_uncond(unconditional_conditioning),
+                **kwargs,
+            )
 
         p.sample = hooked_sample
         model = p.sd_model
@@ -96,6 +105,7 @@ class FakeControlNet(FakeAlwaysOn):
 
 
 # --- Regional Prompter --------------------------------------------------------------------------
+
 
 class FakeRegionalPrompter(FakeAlwaysOn):
     """Its process() stores active/mode/calc on the script; Latent mode turns BREAK into AND (rp.py:615).
@@ -133,6 +143,7 @@ class FakeRegionalPrompter(FakeAlwaysOn):
 
 # --- Tiled Diffusion ----------------------------------------------------------------------------
 
+
 class FakeTiledDiffusion(FakeAlwaysOn):
     """Its process() makes a delegate whose enable_custom_bbox says Region Prompt Control is on."""
 
@@ -144,6 +155,7 @@ class FakeTiledDiffusion(FakeAlwaysOn):
 
 
 # --- AnimateDiff --------------------------------------------------------------------------------
+
 
 class KeyframeBlend:
     """AnimateDiff's prompt travel: each frame's row blends the two nearest keyframes' rows."""
@@ -218,7 +230,9 @@ class FakeAnimateDiff(FakeAlwaysOn):
                 frames = list(range(video_length))
                 rows = frames + [f + video_length for f in frames] if shared.opts.batch_cond_uncond else frames
                 FakeAnimateDiff.forward_calls.append((x_in.shape[0], shared.opts.batch_cond_uncond))
-                out = inner.original_forward(x_in[rows], sigma_in[rows], cond={k: [v[0][rows]] for k, v in cond.items()})
+                out = inner.original_forward(
+                    x_in[rows], sigma_in[rows], cond={k: [v[0][rows]] for k, v in cond.items()}
+                )
                 x_out = torch.zeros_like(x_in)
                 x_out[rows] = out
                 return x_out
@@ -228,6 +242,7 @@ class FakeAnimateDiff(FakeAlwaysOn):
 
 
 # --- ADetailer ----------------------------------------------------------------------------------
+
 
 class FakeADetailer(FakeAlwaysOn):
     """After each batch: an inpaint pass per image on a new img2img `p` (`_ad_inner`) that runs only
@@ -246,9 +261,17 @@ class FakeADetailer(FakeAlwaysOn):
         runner.alwayson_scripts = [s for s in p.scripts.alwayson_scripts if Path(s.filename or "").stem in names]
         for i in range(images.shape[0]):
             inner = processing.StableDiffusionProcessingImg2Img(
-                prompt=ad_prompt or p.prompts[i], negative_prompt=p.negative_prompts[i], steps=p.steps,
-                cfg_scale=p.cfg_scale, sampler_name=p.sampler_name, seed=p.seeds[i], sd_model=p.sd_model,
-                init_latent=images[i:i + 1], denoising_strength=0.4, scripts=runner, script_args=list(p.script_args),
+                prompt=ad_prompt or p.prompts[i],
+                negative_prompt=p.negative_prompts[i],
+                steps=p.steps,
+                cfg_scale=p.cfg_scale,
+                sampler_name=p.sampler_name,
+                seed=p.seeds[i],
+                sd_model=p.sd_model,
+                init_latent=images[i : i + 1],
+                denoising_strength=0.4,
+                scripts=runner,
+                script_args=list(p.script_args),
             )
             inner.extra_generation_params = dict(p.extra_generation_params)
             inner._ad_inner = True
@@ -281,6 +304,7 @@ def remove_animatediff_callback() -> None:
 
 
 # --- Agent Scheduler (job queue) ------------------------------------------------------------------
+
 
 def agent_scheduler_args_to_list(script, named_args):
     """How its queue API turns a script's `args` into the positional list the WebUI's API replays: a list
@@ -353,6 +377,7 @@ class FakeAgentScheduler:
 
 # --- TensorRT U-Net engines (Stable-Diffusion-WebUI-TensorRT) --------------------------------------
 
+
 class FakeTrtUnet:
     """A TensorRT engine as `sd_unet.current_unet`: `configs` (one per profile: `config.profile` with the
     (min, opt, max) shapes of each input), `profile_idx` (the profile its process() picked for the pass) and
@@ -362,7 +387,9 @@ class FakeTrtUnet:
     def __init__(self, tokens, name="v1-5-pruned", batch=(2, 2, 8)):
         low, opt, high = tokens
         profile = {"encoder_hidden_states": [(batch[0], low, 768), (batch[1], opt, 768), (batch[2], high, 768)]}
-        self.configs = [{"config": SimpleNamespace(profile=profile, static_shapes=low == high), "filepath": f"{name}.trt"}]
+        self.configs = [
+            {"config": SimpleNamespace(profile=profile, static_shapes=low == high), "filepath": f"{name}.trt"}
+        ]
         self.profile_idx = 0
         self.model_name = name
         self.option = SimpleNamespace(label=f"[TRT] {name}")
@@ -377,6 +404,7 @@ class FakeTrtUnet:
 
 
 # --- Prompt Fusion ----------------------------------------------------------------------------------
+
 
 class FakePromptFusion:
     """Its option `prompt_fusion_enabled` (on by default) and the two modules of its parser ELLA asks:
@@ -404,22 +432,28 @@ class FakePromptFusion:
             text = " ".join(self.text.split())
             text = re.sub(r"(?<![\d.])\.(\d)", r"0.\1", text)
             text = FakePromptFusion.ATTENTION.sub(
-                lambda m: f"[({m.group(1)}:{m.group(2)})::{total_steps // 2}][({m.group(1)}:{m.group(3)}):{total_steps // 2}]",
-                text)
+                lambda m: (
+                    f"[({m.group(1)}:{m.group(2)})::{total_steps // 2}][({m.group(1)}:{m.group(3)}):{total_steps // 2}]"
+                ),
+                text,
+            )
             prompts = [text]
             while True:
                 match = FakePromptFusion.INTERPOLATION.search(prompts[0])
                 if match is None:
                     break
                 alternatives = match.group(1).split(":")
-                prompts = [p[:match.start()] + alt.strip() + p[match.end():] for p in prompts for alt in alternatives]
+                prompts = [p[: match.start()] + alt.strip() + p[match.end() :] for p in prompts for alt in alternatives]
             builder.database = [" ".join(p.split()) for p in prompts]
 
     def install(self, monkeypatch, enabled=True):
         import sys
         from types import ModuleType
 
-        parser, tensor = ModuleType("lib_prompt_fusion.prompt_parser"), ModuleType("lib_prompt_fusion.interpolation_tensor")
+        parser, tensor = (
+            ModuleType("lib_prompt_fusion.prompt_parser"),
+            ModuleType("lib_prompt_fusion.interpolation_tensor"),
+        )
         parser.parse_prompt = FakePromptFusion.Expression
         tensor.InterpolationTensorBuilder = FakePromptFusion.Builder
         monkeypatch.setitem(sys.modules, "lib_prompt_fusion.prompt_parser", parser)
@@ -435,6 +469,7 @@ class FakePromptFusion:
 
 
 # --- Neutral Prompt -----------------------------------------------------------------------------
+
 
 class FakeNeutralPrompt:
     """On by default once installed. Its hijack of `get_multicond_prompt_list` turns AND_PERP / AND_SALT into
@@ -477,6 +512,7 @@ class FakeNeutralPrompt:
 
 # --- Forge Couple (Forge) -----------------------------------------------------------------------
 
+
 def forge_couple_library():
     """Forge Couple's `lib_couple.mapping`: `text2cond` CLIP-encodes one line (mapping.py:15-25) and the mapping
     functions look it up as a module global for every line (mapping.py:44-45)."""
@@ -499,7 +535,7 @@ def forge_couple_library():
         for i, line in enumerate(couples):
             fc_args[f"cond_{i + 1}"] = mapping.text2cond(sd_model, prompt_parser.SdConditioning([line]))
             mask = torch.zeros((height, width))
-            mask[:, i * tile:(i + 1) * tile] = 1.0
+            mask[:, i * tile : (i + 1) * tile] = 1.0
             fc_args[f"mask_{i + 1}"] = mask.unsqueeze(0)
         return fc_args
 
@@ -538,8 +574,10 @@ class FakeForgeCouple(FakeAlwaysOn):
         from modules import devices
 
         fc_args = forge_couple_library().basic_mapping(p.sd_model, self.couples, p.width, p.height)
-        conds = [fc_args[f"cond_{i + 1}"][0][0].to(device=devices.device, dtype=devices.dtype)
-                 for i in range(len(self.couples))]
+        conds = [
+            fc_args[f"cond_{i + 1}"][0][0].to(device=devices.device, dtype=devices.dtype)
+            for i in range(len(self.couples))
+        ]
         model, unet = p.sd_model, type(p.sd_model).apply_model.__get__(p.sd_model)
         calls, hires = self.calls, self.is_hr
 
@@ -554,6 +592,7 @@ class FakeForgeCouple(FakeAlwaysOn):
 
 
 # --- Cutoff (A1111) and NegPiP ------------------------------------------------------------------
+
 
 class FakeCutoff(FakeAlwaysOn):
     """Its process() makes a hook (`last_hooker`) on the CLIP model that rewrites CLIP's output for prompts with
@@ -572,7 +611,9 @@ class FakeCutoff(FakeAlwaysOn):
         encode = type(model).get_learned_conditioning.__get__(model)
 
         def hooked(texts):
-            return [c + self.SHIFT if any(w in str(text) for w in words) else c for c, text in zip(encode(texts), texts)]
+            return [
+                c + self.SHIFT if any(w in str(text) for w in words) else c for c, text in zip(encode(texts), texts)
+            ]
 
         model.get_learned_conditioning = hooked
         self.last_hooker = hooked

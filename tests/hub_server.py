@@ -85,7 +85,7 @@ class HubServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.hub = self
@@ -111,7 +111,7 @@ class HubServer:
 
     def tree(self, folder: str, recursive: bool) -> Optional[list[dict]]:
         prefix = f"{folder}/" if folder else ""
-        below = sorted(p[len(prefix):] for p in self.files if p.startswith(prefix))
+        below = sorted(p[len(prefix) :] for p in self.files if p.startswith(prefix))
         if folder and not below:
             return None
         out, folders = [], set()
@@ -121,7 +121,9 @@ class HubServer:
                 folders.add(prefix + "/".join(parts[:i]))
             if recursive or len(parts) == 1:
                 out.append(self.entry(prefix + rel))
-        out += [{"type": "directory", "oid": hashlib.sha1(f.encode()).hexdigest(), "size": 0, "path": f} for f in folders]
+        out += [
+            {"type": "directory", "oid": hashlib.sha1(f.encode()).hexdigest(), "size": 0, "path": f} for f in folders
+        ]
         return sorted(out, key=lambda e: e["path"])
 
 
@@ -142,19 +144,21 @@ class _Handler(BaseHTTPRequestHandler):
         resolve = f"/{hub.repo}/resolve/"
         tree = f"/api/models/{hub.repo}/tree/"
         if path.startswith(tree):
-            rev, _, folder = path[len(tree):].partition("/")
+            rev, _, folder = path[len(tree) :].partition("/")
             return self._tree(rev, folder.strip("/"), query)
         if path.startswith(resolve):
-            rev, _, file = path[len(resolve):].partition("/")
+            rev, _, file = path[len(resolve) :].partition("/")
             if rev != hub.revision:
                 return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
             if file not in hub.files:
                 return self._error(404, "EntryNotFound", f"{file} does not exist on {rev}")
             if file in hub.fail:
-                return self._error(hub.fail[file], None, "Internal Error - We're working hard to fix this as soon as possible!")
+                return self._error(
+                    hub.fail[file], None, "Internal Error - We're working hard to fix this as soon as possible!"
+                )
             return self._file(file, lfs_redirect=file in hub.lfs)
         if path.startswith("/cdn/"):
-            sha = path[len("/cdn/"):]
+            sha = path[len("/cdn/") :]
             file = next((p for p in hub.lfs if hashlib.sha256(hub.files[p]).hexdigest() == sha), None)
             if file is None:
                 return self._error(404, None, "no such object")
@@ -171,11 +175,13 @@ class _Handler(BaseHTTPRequestHandler):
         if entries is None:
             return self._error(404, "EntryNotFound", f"{folder} does not exist on {rev}")
         cursor = int(query.get("cursor", ["0"])[0])
-        page = entries[cursor: cursor + hub.page_size]
+        page = entries[cursor : cursor + hub.page_size]
         headers = {"Content-Type": "application/json"}
         if cursor + hub.page_size < len(entries):
             rest = "&".join(f"{k}={quote(v[0])}" for k, v in query.items() if k != "cursor")
-            headers["Link"] = f'<{hub.url}{urlsplit(self.path).path}?{rest}&cursor={cursor + hub.page_size}>; rel="next"'
+            headers["Link"] = (
+                f'<{hub.url}{urlsplit(self.path).path}?{rest}&cursor={cursor + hub.page_size}>; rel="next"'
+            )
         self._send(200, json.dumps(page).encode(), headers)
 
     def _file(self, file: str, lfs_redirect: bool) -> None:
@@ -184,7 +190,13 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"X-Repo-Commit": COMMIT, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
         if file in hub.lfs:
             sha = hashlib.sha256(data).hexdigest()
-            headers.update({"X-Linked-Size": str(len(data)), "X-Linked-Etag": f'"{sha}"', "ETag": f'"{git_blob_sha1(lfs_pointer(data))}"'})
+            headers.update(
+                {
+                    "X-Linked-Size": str(len(data)),
+                    "X-Linked-Etag": f'"{sha}"',
+                    "ETag": f'"{git_blob_sha1(lfs_pointer(data))}"',
+                }
+            )
         else:
             headers["ETag"] = f'"{git_blob_sha1(data)}"'
         if lfs_redirect:
@@ -236,7 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self.send_header(k, v)
             self.end_headers()
             for i in range(0, len(payload), 16384):
-                self.wfile.write(payload[i: i + 16384])
+                self.wfile.write(payload[i : i + 16384])
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True

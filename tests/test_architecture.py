@@ -56,9 +56,9 @@ def test_no_backend_name_comparisons_outside_the_backends():
 def test_loading_the_script_imports_no_heavy_library():
     code = f"""
 import sys
-sys.path[:0] = [{str(ROOT / 'tests' / 'fake_webui')!r}, {str(ROOT)!r}]
+sys.path[:0] = [{str(ROOT / "tests" / "fake_webui")!r}, {str(ROOT)!r}]
 import importlib.util, torch
-spec = importlib.util.spec_from_file_location("ella_script", {str(ROOT / 'scripts' / 'ella.py')!r})
+spec = importlib.util.spec_from_file_location("ella_script", {str(ROOT / "scripts" / "ella.py")!r})
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 heavy = ("transformers", "safetensors", "sentencepiece", "tokenizers", "huggingface_hub", "fastapi")

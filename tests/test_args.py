@@ -14,7 +14,9 @@ def test_defaults_are_disabled():
 
 def test_positional_ui_values():
     args = ELLAArgs.from_script_args(UI)
-    assert args == ELLAArgs(True, "ella-sd1.5-tsc-t5xl", "flan", "fixed", "ella+clip", "clip", 0.1, 0.9, "no norm", "keep")
+    assert args == ELLAArgs(
+        True, "ella-sd1.5-tsc-t5xl", "flan", "fixed", "ella+clip", "clip", 0.1, 0.9, "no norm", "keep"
+    )
     assert args.fixed_length == 128 and args.truncate_at is None  # "Keep" long prompts
     assert ELLAArgs.from_script_args(args.ui_values()) == args
 
@@ -30,14 +32,19 @@ def test_disabled_positional_ignores_other_values():
 
 
 def test_dict_argument():
-    args = ELLAArgs.from_script_args([{"enabled": True, "model": "m", "t5": "t", "length": "fixed", "negative": "CLIP"}])
+    args = ELLAArgs.from_script_args(
+        [{"enabled": True, "model": "m", "t5": "t", "length": "fixed", "negative": "CLIP"}]
+    )
     assert (args.enabled, args.length, args.negative, args.mode) == (True, "fixed", "clip", "ella")
 
 
 @pytest.mark.parametrize(
     "payload, message",
     [
-        ({"enabled": True, "model": "m", "t5": "t", "steps": 3}, "Unknown ELLA argument.*'steps'.*accepted: enabled, model"),
+        (
+            {"enabled": True, "model": "m", "t5": "t", "steps": 3},
+            "Unknown ELLA argument.*'steps'.*accepted: enabled, model",
+        ),
         ({"enabled": "yes"}, "'enabled' must be true or false"),
         ({"enabled": True, "model": 3, "t5": "t"}, "'model' must be a model name"),
         ({"enabled": True, "model": "m", "t5": "t", "length": "long"}, "'length' must be one of 'flexible', 'fixed'"),
@@ -70,7 +77,11 @@ def test_positional_lists_without_expand_still_work():
 
 def test_positional_lists_of_older_versions_still_work():
     # API clients written before the CLIP text fields send 10 values
-    assert ELLAArgs.from_script_args(UI[:10]).to_dict() == {**ELLAArgs.from_script_args(UI).to_dict(), "clip_prompt": "", "clip_negative": ""}
+    assert ELLAArgs.from_script_args(UI[:10]).to_dict() == {
+        **ELLAArgs.from_script_args(UI).to_dict(),
+        "clip_prompt": "",
+        "clip_negative": "",
+    }
 
 
 def test_positional_enabled_must_be_bool():

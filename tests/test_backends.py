@@ -5,8 +5,8 @@ from collections import namedtuple
 from types import SimpleNamespace
 
 import pytest
-
 import webui_env
+
 from ella_ext import backends
 from ella_ext.backends import A1111, Forge, ForgeClassic, ReForge
 
@@ -77,8 +77,11 @@ def classic_callbacks(monkeypatch):
     monkeypatch.setattr(script_callbacks, "callback_map", callback_map, raising=False)
     monkeypatch.setattr(script_callbacks, "ScriptCallback", entry, raising=False)
     monkeypatch.setattr(script_callbacks, "add_callback", add_callback, raising=False)
-    monkeypatch.setattr(script_callbacks, "on_cfg_denoiser",
-                        lambda callback: add_callback(callback_map["callbacks_cfg_denoiser"], callback))
+    monkeypatch.setattr(
+        script_callbacks,
+        "on_cfg_denoiser",
+        lambda callback: add_callback(callback_map["callbacks_cfg_denoiser"], callback),
+    )
     return callback_map, searched
 
 
@@ -102,8 +105,13 @@ def test_any_backend_falls_back_to_on_functions_without_a_name(monkeypatch):
 
 def test_forge_classic_timesteps_are_reforges():
     sigma = SimpleNamespace()
-    model = SimpleNamespace(forge_objects=SimpleNamespace(unet=SimpleNamespace(
-        model=SimpleNamespace(model_sampling=SimpleNamespace(timestep=lambda s: ("nearest", s))))))
+    model = SimpleNamespace(
+        forge_objects=SimpleNamespace(
+            unet=SimpleNamespace(
+                model=SimpleNamespace(model_sampling=SimpleNamespace(timestep=lambda s: ("nearest", s)))
+            )
+        )
+    )
     assert ForgeClassic().unet_timesteps(None, sigma, model) == ("nearest", sigma)
     with pytest.raises(Exception, match="model_sampling"):
         ForgeClassic().unet_timesteps(None, sigma, SimpleNamespace())

@@ -2,10 +2,9 @@
 job makes for the CLIP text (the WebUI's own conditioning), tokens :64 are ELLA's for the prompt,
 and T5 never sees the CLIP text."""
 
+import fake_extensions
 import pytest
 import torch
-
-import fake_extensions
 import webui_env
 from webui_env import ella, payload, run
 
@@ -37,8 +36,9 @@ def ref(webui, text, t):
 def test_clip_part_is_the_plain_jobs_conditioning_bit_for_bit(webui, backend, clip_text):
     webui.set_backend(backend)
     reference = plain(webui, clip_text, negative_prompt="blurry")
-    calls, body = contexts(webui, payload(PROMPT, negative_prompt="blurry"),
-                           **ella(mode="ella+clip", clip_prompt=clip_text))
+    calls, body = contexts(
+        webui, payload(PROMPT, negative_prompt="blurry"), **ella(mode="ella+clip", clip_prompt=clip_text)
+    )
     assert len(calls) == len(reference) >= 4
     cond_rows = 0
     for call, plain_call in zip(calls, reference):
@@ -57,7 +57,7 @@ def test_clip_part_is_the_plain_jobs_conditioning_bit_for_bit(webui, backend, cl
     # the schedule really changed the CLIP rows mid-job ([cat:dog:2])
     if clip_text == CLIP_TEXT:
         assert not torch.equal(calls[0].context[0, 64:], calls[-1].context[0, 64:])
-    assert f"ELLA CLIP prompt: " in body["info"]
+    assert "ELLA CLIP prompt: " in body["info"]
 
 
 def test_t5_never_sees_the_clip_text(webui, monkeypatch):
@@ -66,16 +66,22 @@ def test_t5_never_sees_the_clip_text(webui, monkeypatch):
     seen = []
     encode = PromptEncoder.encode
     monkeypatch.setattr(PromptEncoder, "encode", lambda self, text: seen.append(text) or encode(self, text))
-    calls, _ = contexts(webui, payload(PROMPT, negative_prompt="blurry"),
-                        **ella(mode="ella+clip", clip_prompt="zzqx trigger", clip_negative="qqzx bad"))
+    calls, _ = contexts(
+        webui,
+        payload(PROMPT, negative_prompt="blurry"),
+        **ella(mode="ella+clip", clip_prompt="zzqx trigger", clip_negative="qqzx bad"),
+    )
     assert calls and sorted(seen) == sorted([PROMPT, "blurry"])
 
 
 @pytest.mark.parametrize("negative", ["ella", "clip"])
 def test_clip_negative(webui, negative):
     reference = plain(webui, PROMPT, negative_prompt="lowres, watermark")
-    calls, body = contexts(webui, payload(PROMPT, negative_prompt="blurry"),
-                           **ella(mode="ella+clip", negative=negative, clip_negative="lowres, watermark"))
+    calls, body = contexts(
+        webui,
+        payload(PROMPT, negative_prompt="blurry"),
+        **ella(mode="ella+clip", negative=negative, clip_negative="lowres, watermark"),
+    )
     if negative == "ella":  # one batched call per step: cond row, uncond row
         assert len(calls) == 4
         for call, plain_call in zip(calls, reference):
@@ -123,14 +129,19 @@ def test_ella_only_mode_keeps_but_ignores_the_clip_text(webui):
 
 
 def test_controlnet_marker_stays_in_front_with_a_clip_text(webui):
-    from modules.api import Api
     from modules import shared
+    from modules.api import Api
 
     model = webui.model()
     api = Api([webui.module.ELLAScript, fake_extensions.FakeControlNet])
-    status, body = api.txt2img(payload(PROMPT, negative_prompt="blurry") | {"alwayson_scripts": ella(
-        mode="ella+clip", clip_prompt=CLIP_TEXT, clip_negative="lowres") | {"ControlNet": {"args": [True]}}},
-        sd_model=shared.sd_model)
+    status, body = api.txt2img(
+        payload(PROMPT, negative_prompt="blurry")
+        | {
+            "alwayson_scripts": ella(mode="ella+clip", clip_prompt=CLIP_TEXT, clip_negative="lowres")
+            | {"ControlNet": {"args": [True]}}
+        },
+        sd_model=shared.sd_model,
+    )
     assert status == 200, body
     cn = api.runners[False].alwayson_scripts[1]
     assert cn.calls and all(c.marked for c in cn.calls)
@@ -138,12 +149,15 @@ def test_controlnet_marker_stays_in_front_with_a_clip_text(webui):
     assert all(c.context.shape[1] == 64 + 77 for c in model.unet_calls)
 
 
-@pytest.mark.parametrize("field, text, message", [
-    ("clip_prompt", "style AND other", "'clip_prompt' contains AND"),
-    ("clip_prompt", "style <lora:x:1> AND other", "'clip_prompt' contains AND"),
-    ("clip_negative", "<hypernet:x:1> bad", "'clip_negative' contains the extra-network tag '<hypernet:x:1>'"),
-    ("clip_prompt", 7, "'clip_prompt' must be a text"),
-])
+@pytest.mark.parametrize(
+    "field, text, message",
+    [
+        ("clip_prompt", "style AND other", "'clip_prompt' contains AND"),
+        ("clip_prompt", "style <lora:x:1> AND other", "'clip_prompt' contains AND"),
+        ("clip_negative", "<hypernet:x:1> bad", "'clip_negative' contains the extra-network tag '<hypernet:x:1>'"),
+        ("clip_prompt", 7, "'clip_prompt' must be a text"),
+    ],
+)
 def test_bad_clip_text_is_refused_by_name(webui, field, text, message):
     status, body = run(webui, payload(PROMPT) | {"alwayson_scripts": ella(mode="ella+clip", **{field: text})})
     assert status == 422, body
@@ -153,7 +167,9 @@ def test_bad_clip_text_is_refused_by_name(webui, field, text, message):
 def test_and_in_the_clip_negative_is_plain_text(webui):
     # the WebUI does not split negatives at AND, so neither does ELLA
     reference = plain(webui, PROMPT, negative_prompt="cats AND dogs")
-    calls, _ = contexts(webui, payload(PROMPT), **ella(mode="ella+clip", negative="clip", clip_negative="cats AND dogs"))
+    calls, _ = contexts(
+        webui, payload(PROMPT), **ella(mode="ella+clip", negative="clip", clip_negative="cats AND dogs")
+    )
     uncond = [c for c in calls if c.context.shape[1] == 77]
     assert [torch.equal(c.context[0], r.context[1]) for c, r in zip(uncond, reference)] == [True] * 4
 
@@ -180,17 +196,21 @@ def loaded(lora):
 
 
 def test_clip_text_tags_are_activated_with_the_prompts_and_nobody_reads_them(webui, lora):
-    calls, body = contexts(webui, payload(TAGGED_PROMPT, negative_prompt="blurry"),
-                           **ella(mode="ella+clip", clip_prompt=TAGGED_CLIP))
+    calls, body = contexts(
+        webui, payload(TAGGED_PROMPT, negative_prompt="blurry"), **ella(mode="ella+clip", clip_prompt=TAGGED_CLIP)
+    )
     # one activation for the first pass, the CLIP text's tag with the prompt's, each with its multiplier
     assert lora.activations == [[("ink", 0.8, 0.8), ("main", 0.5, 0.5)]]
-    assert "Lora hashes: \"ink: 0123abcd, main: 0123abcd\"" in body["info"]
+    assert 'Lora hashes: "ink: 0123abcd, main: 0123abcd"' in body["info"]
     # CLIP's part is what a plain job makes of the CLIP text without the tag; ELLA's part what an ELLA job makes
     # of the prompt with an untagged CLIP text: neither T5 nor CLIP saw '<lora:…>'
     lora.activations.clear()
     reference = plain(webui, "sks style, (masterpiece:1.3) ", negative_prompt="blurry")
-    untagged, _ = contexts(webui, payload(TAGGED_PROMPT, negative_prompt="blurry"),
-                           **ella(mode="ella+clip", clip_prompt="sks style, (masterpiece:1.3) "))
+    untagged, _ = contexts(
+        webui,
+        payload(TAGGED_PROMPT, negative_prompt="blurry"),
+        **ella(mode="ella+clip", clip_prompt="sks style, (masterpiece:1.3) "),
+    )
     assert loaded(lora) == [[("main", 0.5, 0.5)]]
     assert len(calls) == len(reference) == len(untagged) == 4
     for call, plain_call, other in zip(calls, reference, untagged):
@@ -213,8 +233,15 @@ def test_pasting_the_infotext_back_gives_the_same_args_and_the_same_activation(w
     _, body = contexts(webui, payload(TAGGED_PROMPT), **ella(mode="ella+clip", clip_prompt=TAGGED_CLIP))
     params = infotext_utils.parse_generation_parameters(body["info"])
     pasted = ELLAArgs.from_infotext(params)
-    assert pasted == ELLAArgs.from_dict({"enabled": True, "model": webui_env.MODEL_NAME, "t5": webui_env.T5_NAME,
-                                         "mode": "ella+clip", "clip_prompt": TAGGED_CLIP})
+    assert pasted == ELLAArgs.from_dict(
+        {
+            "enabled": True,
+            "model": webui_env.MODEL_NAME,
+            "t5": webui_env.T5_NAME,
+            "mode": "ella+clip",
+            "clip_prompt": TAGGED_CLIP,
+        }
+    )
     lora.activations.clear()
     status, again = run(webui, payload(TAGGED_PROMPT) | {"infotext": body["info"]})  # the API's paste
     assert status == 200, again
@@ -223,10 +250,19 @@ def test_pasting_the_infotext_back_gives_the_same_args_and_the_same_activation(w
 
 
 def test_hires_pass_activates_the_clip_text_tags_with_the_hires_prompts(webui, lora):
-    kw = dict(steps=4, enable_hr=True, hr_second_pass_steps=4, denoising_strength=0.75, hr_cfg=7.0,
-              hr_prompt="a red cube, sharp <lora:detail:0.3>")
-    calls, body = contexts(webui, payload(TAGGED_PROMPT, **kw),
-                           **ella(mode="ella+clip", clip_prompt="<lora:ink:0.8><lora:ink2:0.6:0.2> sks style"))
+    kw = dict(
+        steps=4,
+        enable_hr=True,
+        hr_second_pass_steps=4,
+        denoising_strength=0.75,
+        hr_cfg=7.0,
+        hr_prompt="a red cube, sharp <lora:detail:0.3>",
+    )
+    calls, body = contexts(
+        webui,
+        payload(TAGGED_PROMPT, **kw),
+        **ella(mode="ella+clip", clip_prompt="<lora:ink:0.8><lora:ink2:0.6:0.2> sks style"),
+    )
     assert loaded(lora) == [
         [("ink", 0.8, 0.8), ("ink2", 0.6, 0.2), ("main", 0.5, 0.5)],
         [("ink", 0.8, 0.8), ("ink2", 0.6, 0.2), ("detail", 0.3, 0.3)],
@@ -241,8 +277,13 @@ def test_a_clip_text_of_tags_only_leaves_clip_the_prompt(webui, lora):
     assert all(torch.equal(c.context[:, 64:], r.context) for c, r in zip(calls, reference))
 
 
-@pytest.mark.parametrize("alwayson", [ella(clip_prompt=TAGGED_CLIP),  # ELLA only: the CLIP text is kept, unused
-                                      ella(enabled=False, mode="ella+clip", clip_prompt=TAGGED_CLIP)])
+@pytest.mark.parametrize(
+    "alwayson",
+    [
+        ella(clip_prompt=TAGGED_CLIP),  # ELLA only: the CLIP text is kept, unused
+        ella(enabled=False, mode="ella+clip", clip_prompt=TAGGED_CLIP),
+    ],
+)
 def test_clip_text_tags_are_not_activated_where_the_clip_text_does_not_apply(webui, lora, alwayson):
     status, body = run(webui, payload(TAGGED_PROMPT) | {"alwayson_scripts": alwayson})
     assert status == 200, body

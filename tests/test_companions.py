@@ -4,10 +4,9 @@ ControlNet's marker token, A1111's pad option, refused combinations, AnimateDiff
 import copy
 import gc
 
+import fake_extensions
 import pytest
 import torch
-
-import fake_extensions
 import webui_env
 from webui_env import MODEL_NAME, ella, payload
 
@@ -48,11 +47,13 @@ def new_p(api, alwayson, **kw):
 
     runner = api.runners[False]
     script_args = api.init_script_args(runner, {"alwayson_scripts": alwayson})
-    return processing.StableDiffusionProcessingTxt2Img(**payload(**kw), sd_model=shared.sd_model, scripts=runner,
-                                                       script_args=script_args)
+    return processing.StableDiffusionProcessingTxt2Img(
+        **payload(**kw), sd_model=shared.sd_model, scripts=runner, script_args=script_args
+    )
 
 
 # --- a copy of p is not the original's job --------------------------------------------------------
+
 
 @pytest.mark.parametrize("copy_enabled", [True, False])
 def test_process_on_a_copy_leaves_the_original_alone(webui, copy_enabled):
@@ -68,7 +69,9 @@ def test_process_on_a_copy_leaves_the_original_alone(webui, copy_enabled):
     assert original_info["ELLA T5"] == webui_env.T5_NAME
 
     q = copy.copy(p)
-    q.script_args = api.init_script_args(api.runners[False], {"alwayson_scripts": ella() if copy_enabled else {"ELLA": {"args": [False]}}})
+    q.script_args = api.init_script_args(
+        api.runners[False], {"alwayson_scripts": ella() if copy_enabled else {"ELLA": {"args": [False]}}}
+    )
     q.scripts.process(q)
 
     assert active_job(p) is job and job.plan is not None and job.error is None  # the original's job is intact
@@ -81,6 +84,7 @@ def test_process_on_a_copy_leaves_the_original_alone(webui, copy_enabled):
 def test_xyz_cell_without_ella_carries_no_ella_fields(webui):
     """XYZ cells are copies of one p sharing extra_generation_params; On then Off (seen on Forge)."""
     from modules import processing
+
     from ella_ext.webui.xyz import xyz_override
 
     api = webui.api()
@@ -106,7 +110,10 @@ def test_adetailer_batch_count_two(webui):
     shared.opts.data["ad_script_names"] = "dynamic_prompting"
     api = api_with(webui, fake_extensions.FakeADetailer)
     prompt = "a red cube on a glossy table"
-    status, body = run_api(api, payload(prompt, n_iter=2) | {"alwayson_scripts": ella() | {"ADetailer": {"args": [True, "a detailed face"]}}})
+    status, body = run_api(
+        api,
+        payload(prompt, n_iter=2) | {"alwayson_scripts": ella() | {"ADetailer": {"args": [True, "a detailed face"]}}},
+    )
     assert status == 200, body
     assert len(body["images"]) == 2
     outer = [c for c in model.unet_calls if c.context.shape[1] == 64]
@@ -128,7 +135,9 @@ def test_adetailer_pass_uses_ella_when_listed(webui):
     webui.model()
     shared.opts.data["ad_script_names"] = "dynamic_prompting,ella"
     api = api_with(webui, fake_extensions.FakeADetailer)
-    status, body = run_api(api, payload(n_iter=2) | {"alwayson_scripts": ella() | {"ADetailer": {"args": [True, "a detailed face"]}}})
+    status, body = run_api(
+        api, payload(n_iter=2) | {"alwayson_scripts": ella() | {"ADetailer": {"args": [True, "a detailed face"]}}}
+    )
     assert status == 200, body
     inner = api.runners[False].alwayson_scripts[1].inner
     assert inner and all(pass_.calls for pass_ in inner)
@@ -144,6 +153,7 @@ def test_adetailer_pass_uses_ella_when_listed(webui):
 
 # --- sd-webui-controlnet's marker token -----------------------------------------------------------
 
+
 def test_marker_count():
     from ella_ext.companions.controlnet import marker_count
 
@@ -156,13 +166,18 @@ def test_marker_count():
     assert marker_count(None) == 0
 
 
-@pytest.mark.parametrize("mode, negative", [("ella", "ella"), ("ella+clip", "ella"), ("ella", "clip"), ("ella+clip", "clip")])
+@pytest.mark.parametrize(
+    "mode, negative", [("ella", "ella"), ("ella+clip", "ella"), ("ella", "clip"), ("ella+clip", "clip")]
+)
 def test_controlnet_marker_survives_every_mode(webui, mode, negative):
     model = webui.model()
     api = api_with(webui, fake_extensions.FakeControlNet)
     prompt, neg = "a red cube on a glossy table", "blurry"
-    status, body = run_api(api, payload(prompt, negative_prompt=neg) | {
-        "alwayson_scripts": ella(mode=mode, negative=negative) | {"ControlNet": {"args": [True]}}})
+    status, body = run_api(
+        api,
+        payload(prompt, negative_prompt=neg)
+        | {"alwayson_scripts": ella(mode=mode, negative=negative) | {"ControlNet": {"args": [True]}}},
+    )
     assert status == 200, body
     cn = api.runners[False].alwayson_scripts[1]
     assert cn.calls and all(c.marked for c in cn.calls)  # ControlNet found its marker at every U-Net call
@@ -190,6 +205,7 @@ def test_controlnet_marker_survives_every_mode(webui, mode, negative):
 
 # --- A1111's "Pad prompt/negative prompt to be same length" ---------------------------------------
 
+
 @pytest.mark.parametrize("option", ["pad_cond_uncond", "pad_cond_uncond_v0"])
 def test_pad_option_does_not_touch_ella_conditioning(webui, option):
     from modules import shared
@@ -198,8 +214,11 @@ def test_pad_option_does_not_touch_ella_conditioning(webui, option):
     shared.opts.data[option] = True
     try:
         prompt = "a red cube on a glossy table"
-        status, body = webui_env.run(webui, payload(prompt, negative_prompt="blurry", steps=4) | {
-            "alwayson_scripts": ella(negative="clip", start=0.0, end=0.5)})
+        status, body = webui_env.run(
+            webui,
+            payload(prompt, negative_prompt="blurry", steps=4)
+            | {"alwayson_scripts": ella(negative="clip", start=0.0, end=0.5)},
+        )
         assert status == 200, body
         ella_calls = [c for c in model.unet_calls if c.context.shape[1] == 64]
         assert len(ella_calls) == 3  # steps 0-2 (step/total <= 0.5): cond through ELLA, unpadded
@@ -212,8 +231,11 @@ def test_pad_option_does_not_touch_ella_conditioning(webui, option):
         # a CLIP step outside ELLA's range is padded as the user set it: a 154-token prompt, 77-token negative
         model.unet_calls.clear()
         long_prompt = "a red cube on a glossy table, " * 6
-        status, _ = webui_env.run(webui, payload(long_prompt, negative_prompt="blurry", steps=4) | {
-            "alwayson_scripts": ella(negative="clip", start=0.0, end=0.5)})
+        status, _ = webui_env.run(
+            webui,
+            payload(long_prompt, negative_prompt="blurry", steps=4)
+            | {"alwayson_scripts": ella(negative="clip", start=0.0, end=0.5)},
+        )
         assert status == 200
         last = model.unet_calls[-1]
         assert last.context.shape == (2, 154, 768)  # padded (or repeated) to one length and batched
@@ -223,16 +245,36 @@ def test_pad_option_does_not_touch_ella_conditioning(webui, option):
 
 # --- refused combinations -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("extension, args, ella_args, words", [
-    (fake_extensions.FakeRegionalPrompter, {"Regional Prompter": {"args": [True, "Matrix", "Attention"]}},
-     {"mode": "ella+clip"}, ["Regional Prompter", "Attention mode", "'ELLA only'", "'Latent'"]),
-    (fake_extensions.FakeRegionalPrompter, {"Regional Prompter": {"args": [True, "Mask", "Attention"]}},
-     {"negative": "clip"}, ["Regional Prompter", "Attention mode", "through' ELLA"]),
-    (fake_extensions.FakeRegionalPrompter, {"Regional Prompter": {"args": [True, "Prompt", "Attention"]}},
-     {}, ["Regional Prompter", "Prompt mode", "token positions"]),
-    (fake_extensions.FakeTiledDiffusion, {"Tiled Diffusion": {"args": [True, True]}},
-     {}, ["Tiled Diffusion", "Region Prompt Control", "Enable Control"]),
-])
+
+@pytest.mark.parametrize(
+    "extension, args, ella_args, words",
+    [
+        (
+            fake_extensions.FakeRegionalPrompter,
+            {"Regional Prompter": {"args": [True, "Matrix", "Attention"]}},
+            {"mode": "ella+clip"},
+            ["Regional Prompter", "Attention mode", "'ELLA only'", "'Latent'"],
+        ),
+        (
+            fake_extensions.FakeRegionalPrompter,
+            {"Regional Prompter": {"args": [True, "Mask", "Attention"]}},
+            {"negative": "clip"},
+            ["Regional Prompter", "Attention mode", "through' ELLA"],
+        ),
+        (
+            fake_extensions.FakeRegionalPrompter,
+            {"Regional Prompter": {"args": [True, "Prompt", "Attention"]}},
+            {},
+            ["Regional Prompter", "Prompt mode", "token positions"],
+        ),
+        (
+            fake_extensions.FakeTiledDiffusion,
+            {"Tiled Diffusion": {"args": [True, True]}},
+            {},
+            ["Tiled Diffusion", "Region Prompt Control", "Enable Control"],
+        ),
+    ],
+)
 def test_combinations_that_cannot_work_are_refused(webui, extension, args, ella_args, words):
     model = webui.model()
     api = api_with(webui, extension)
@@ -247,10 +289,13 @@ def test_combinations_that_cannot_work_are_refused(webui, extension, args, ella_
     assert status == 200
 
 
-@pytest.mark.parametrize("extension, args", [
-    (fake_extensions.FakeRegionalPrompter, {"Regional Prompter": {"args": [False, "Matrix", "Attention"]}}),
-    (fake_extensions.FakeTiledDiffusion, {"Tiled Diffusion": {"args": [True, False]}}),
-])
+@pytest.mark.parametrize(
+    "extension, args",
+    [
+        (fake_extensions.FakeRegionalPrompter, {"Regional Prompter": {"args": [False, "Matrix", "Attention"]}}),
+        (fake_extensions.FakeTiledDiffusion, {"Tiled Diffusion": {"args": [True, False]}}),
+    ],
+)
 def test_the_same_extensions_without_those_settings_run(webui, extension, args):
     api = api_with(webui, extension)
     status, body = run_api(api, payload() | {"alwayson_scripts": ella() | args})
@@ -260,8 +305,11 @@ def test_the_same_extensions_without_those_settings_run(webui, extension, args):
 def test_regional_prompter_latent_mode_gets_one_ella_row_per_region(webui):
     model = webui.model()
     api = api_with(webui, fake_extensions.FakeRegionalPrompter)
-    status, body = run_api(api, payload("a red cube BREAK a blue sphere") | {
-        "alwayson_scripts": ella() | {"Regional Prompter": {"args": [True, "Matrix", "Latent"]}}})
+    status, body = run_api(
+        api,
+        payload("a red cube BREAK a blue sphere")
+        | {"alwayson_scripts": ella() | {"Regional Prompter": {"args": [True, "Matrix", "Latent"]}}},
+    )
     assert status == 200, body
     call = model.unet_calls[0]
     t = float(call.t[0])
@@ -271,6 +319,7 @@ def test_regional_prompter_latent_mode_gets_one_ella_row_per_region(webui):
 
 
 # --- AnimateDiff ----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def animatediff(webui):
@@ -285,8 +334,10 @@ def test_animatediff_gets_ella_at_every_step(webui, animatediff):
     """AnimateDiff keeps its step-0 conditioning for every step; ELLA (after it) replaces it at each step."""
     model = webui.model()
     prompt = "a red cube on a glossy table"
-    status, body = run_api(animatediff, payload(prompt, batch_size=4) | {
-        "alwayson_scripts": ella() | {"AnimateDiff": {"args": [{"enable": True}]}}})
+    status, body = run_api(
+        animatediff,
+        payload(prompt, batch_size=4) | {"alwayson_scripts": ella() | {"AnimateDiff": {"args": [{"enable": True}]}}},
+    )
     assert status == 200, body
     ts = sorted({float(c.t[0]) for c in model.unet_calls})
     assert len(ts) == 4
@@ -298,8 +349,11 @@ def test_animatediff_gets_ella_at_every_step(webui, animatediff):
 
 def test_animatediff_prompt_travel_blends_ella_outputs(webui, animatediff):
     model = webui.model()
-    status, body = run_api(animatediff, payload("0: a red cube\n3: a blue sphere", batch_size=4) | {
-        "alwayson_scripts": ella() | {"AnimateDiff": {"args": [{"enable": True}]}}})
+    status, body = run_api(
+        animatediff,
+        payload("0: a red cube\n3: a blue sphere", batch_size=4)
+        | {"alwayson_scripts": ella() | {"AnimateDiff": {"args": [{"enable": True}]}}},
+    )
     assert status == 200, body
     assert len(model.unet_calls) == 4
     for call in model.unet_calls:
@@ -320,8 +374,11 @@ def test_animatediff_with_the_negative_through_clip(webui, animatediff, travel):
 
     model = webui.model()
     prompt = "0: a red cube\n3: a blue sphere" if travel else "a red cube"
-    status, body = run_api(animatediff, payload(prompt, negative_prompt="blurry", batch_size=4) | {
-        "alwayson_scripts": ella(negative="clip") | {"AnimateDiff": {"args": [{"enable": True}]}}})
+    status, body = run_api(
+        animatediff,
+        payload(prompt, negative_prompt="blurry", batch_size=4)
+        | {"alwayson_scripts": ella(negative="clip") | {"AnimateDiff": {"args": [{"enable": True}]}}},
+    )
     assert status == 200, body
     assert shared.opts.batch_cond_uncond is True
     # every sampler call went through AnimateDiff's forward, one half at a time, with the option off
@@ -342,8 +399,10 @@ def test_animatediff_with_the_negative_through_clip(webui, animatediff, travel):
 def test_animatediff_callback_after_ella_is_refused(webui, animatediff):
     fake_extensions.install_animatediff_callback(before_ella=False)
     model = webui.model()
-    status, body = run_api(animatediff, payload(batch_size=2) | {
-        "alwayson_scripts": ella() | {"AnimateDiff": {"args": [{"enable": True}]}}})
+    status, body = run_api(
+        animatediff,
+        payload(batch_size=2) | {"alwayson_scripts": ella() | {"AnimateDiff": {"args": [{"enable": True}]}}},
+    )
     assert status == 422, body
     assert "AnimateDiff" in body["errors"] and "callback" in body["errors"]
     assert model.unet_calls == []
@@ -358,13 +417,16 @@ def test_metadata_pins_ella_after_animatediff():
     section = f"callbacks/{name}/ella.py/cfg_denoiser/ella"  # the name A1111 gives on_cfg_denoiser(name="ella") in scripts/ella.py
     assert section in config
     assert config[section]["After"] == "sd-webui-animatediff/animatediff.py/cfg_denoiser"
-    assert '_register("cfg_denoiser", EXTENSION.cfg_denoiser, name="ella")' in (
-        webui_env.ROOT / "scripts" / "ella.py").read_text()
+    assert (
+        '_register("cfg_denoiser", EXTENSION.cfg_denoiser, name="ella")'
+        in (webui_env.ROOT / "scripts" / "ella.py").read_text()
+    )
 
 
 def test_callbacks_are_registered_with_their_file(monkeypatch):
     """add_callback with the file (no inspect.stack(), ~80 ms each at WebUI start); on_* where it takes none."""
     from modules import script_callbacks
+
     from ella_ext.backends import A1111
 
     register_callback = A1111().register_callback

@@ -1,10 +1,9 @@
 """Cutoff and NegPiP beside ELLA: each works where it can (and the infotext says how), and is refused by name with
 the fix where it would silently do nothing (fakes in tests/fake_extensions.py)."""
 
+import fake_extensions
 import pytest
 import torch
-
-import fake_extensions
 from webui_env import ella, payload
 
 pytestmark = pytest.mark.usefixtures("fresh_webui_state")
@@ -20,6 +19,7 @@ def run_with(webui, extension, extension_args, prompt, ella_args=None, **kw):
 
 
 # --- Cutoff -------------------------------------------------------------------------------------
+
 
 def test_cutoff_in_ella_only_is_refused_with_the_fix(webui):
     status, body = run_with(webui, fake_extensions.FakeCutoff, (True, "red"), "a red cube and a blue sphere")
@@ -63,11 +63,14 @@ def test_negpip_in_one_call_works_and_t5_never_reads_the_negative_word(webui):
     assert any("portrait of a cat" in text for text in texts) and not any("hat" in text for text in texts)
 
 
-@pytest.mark.parametrize("case, ella_args, prompt, option, reason", [
-    ("negative via CLIP", {"negative": "clip"}, NEGPIP_PROMPT, None, "the negative prompt goes through CLIP"),
-    ("batch cond/uncond off", {}, NEGPIP_PROMPT, ("batch_cond_uncond", False), "'Batch cond/uncond' is off"),
-    ("AND sub-prompts", {}, "a cat AND a dog, (hat:-1.0)", None, "AND sub-prompts"),
-])
+@pytest.mark.parametrize(
+    "case, ella_args, prompt, option, reason",
+    [
+        ("negative via CLIP", {"negative": "clip"}, NEGPIP_PROMPT, None, "the negative prompt goes through CLIP"),
+        ("batch cond/uncond off", {}, NEGPIP_PROMPT, ("batch_cond_uncond", False), "'Batch cond/uncond' is off"),
+        ("AND sub-prompts", {}, "a cat AND a dog, (hat:-1.0)", None, "AND sub-prompts"),
+    ],
+)
 def test_negpip_with_separate_calls_is_refused_naming_why(webui, monkeypatch, case, ella_args, prompt, option, reason):
     from modules import shared
 

@@ -2,9 +2,9 @@
 
 import os
 
+import factories
 import pytest
 
-import factories
 from ella_ext import ModelPathError
 from ella_ext.discovery import (
     ModelRoots,

@@ -12,16 +12,16 @@ import os
 import threading
 from pathlib import Path
 
-import pytest
-
 import factories
+import pytest
+from hub_server import HubServer, git_blob_sha1
+
 from ella_ext import downloads
 from ella_ext.discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, list_ella_models, list_t5_encoders
 from ella_ext.downloads import STAGING, DownloadManager, hub_download
-from ella_ext.hub import ELLA_FILE, remote_files
 from ella_ext.errors import ModelFileError
+from ella_ext.hub import ELLA_FILE, remote_files
 from ella_ext.tsc import TSCConfig
-from hub_server import HubServer, git_blob_sha1
 
 CFG = TSCConfig(**factories.RELEASED_TSC)
 T5_MODEL = f"{KNOWN_T5}/model.safetensors"
@@ -63,7 +63,7 @@ def run(manager: DownloadManager, hub: HubServer, roots: ModelRoots, kinds=("ell
 
 
 def t5_files(released: dict[str, bytes]) -> dict[str, bytes]:
-    return {p[len(KNOWN_T5) + 1:]: b for p, b in released.items() if p.startswith(KNOWN_T5 + "/")}
+    return {p[len(KNOWN_T5) + 1 :]: b for p, b in released.items() if p.startswith(KNOWN_T5 + "/")}
 
 
 def no_partials(root: Path) -> bool:
@@ -260,7 +260,9 @@ def test_full_disk_is_reported_and_the_next_start_works(hub, roots, manager, rel
     part = roots.ella[0] / STAGING / (ELLA_FILE + ".part")
     real_open = os.open
 
-    def open_full(path, flags, *mode):  # the partial file opens /dev/full: every write fails with ENOSPC from the kernel
+    def open_full(
+        path, flags, *mode
+    ):  # the partial file opens /dev/full: every write fails with ENOSPC from the kernel
         return real_open("/dev/full", os.O_WRONLY) if Path(path) == part else real_open(path, flags, *mode)
 
     # (a link from the partial to /dev/full would be refused: it leads the write out of the models folder)
@@ -293,7 +295,7 @@ def test_verified_files_in_place_are_kept_and_broken_ones_replaced(hub, roots, m
     data[-1] ^= 0xFF
     broken.write_bytes(bytes(data))
     assert run(manager, hub, roots)["state"] == "done"
-    assert [p for p, _ in hub.downloads[len(released) - 1:]] == [T5_MODEL]
+    assert [p for p, _ in hub.downloads[len(released) - 1 :]] == [T5_MODEL]
     assert broken.read_bytes() == released[T5_MODEL]
 
 
@@ -318,8 +320,12 @@ def test_runtime_downloads_missing_released_models_when_enabled(hub, roots, monk
     runtime = ELLARuntime(Settings(hub_download=True), hub_download=hub_download, report=said.append)
     ella, t5 = runtime.locate_or_download(ELLAArgs(enabled=True, model=KNOWN_ELLA, t5=KNOWN_T5), roots)
     # (the download's own progress lines, every 0.5 s, may come between)
-    assert [s for s in said if s is None or s.startswith("ELLA: downloading")] == [f"ELLA: downloading {KNOWN_ELLA} from the Hugging Face hub into {roots.ella[0]}", None,
-                    f"ELLA: downloading {KNOWN_T5} from the Hugging Face hub into {roots.t5[0]}", None]
+    assert [s for s in said if s is None or s.startswith("ELLA: downloading")] == [
+        f"ELLA: downloading {KNOWN_ELLA} from the Hugging Face hub into {roots.ella[0]}",
+        None,
+        f"ELLA: downloading {KNOWN_T5} from the Hugging Face hub into {roots.t5[0]}",
+        None,
+    ]
     assert ella.read_bytes() == released[ELLA_FILE] and (t5 / "config.json").read_bytes() == released[T5_CONFIG]
 
 
@@ -333,6 +339,8 @@ def test_no_server_at_the_endpoint_is_said_in_a_few_words(roots, manager):
     started = manager.start(["ella"], targets(roots), endpoint=f"http://127.0.0.1:{port}")
     status = manager.wait(30) if started["started"] else started
     assert status["state"] == "error"
-    assert status["error"].startswith(f"Could not get the file list of QQGYLab/ELLA from http://127.0.0.1:{port}: "
-                                      "connection refused. Check the network")
+    assert status["error"].startswith(
+        f"Could not get the file list of QQGYLab/ELLA from http://127.0.0.1:{port}: "
+        "connection refused. Check the network"
+    )
     assert "MaxRetryError" not in status["error"] and "Errno" not in status["error"]

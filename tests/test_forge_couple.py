@@ -2,10 +2,9 @@
 tensor Forge Couple's attention patch captured for that region holds exactly those tokens at each U-Net call
 (tests/fake_extensions.FakeForgeCouple captures and records them as the real patch does)."""
 
+import fake_extensions
 import pytest
 import torch
-
-import fake_extensions
 import webui_env
 from webui_env import ella, payload
 
@@ -33,8 +32,9 @@ def run_couple(webui, prompt="\n".join(LINES), couple=(True, False), ella_first=
     scripts = {"Forge Couple": {"args": list(couple)}}
     if ella_args is not False:
         scripts |= ella(**(ella_args or {}))
-    status, body = api.txt2img(payload(prompt, negative_prompt="blurry", **kw) | {"alwayson_scripts": scripts},
-                               sd_model=shared.sd_model)
+    status, body = api.txt2img(
+        payload(prompt, negative_prompt="blurry", **kw) | {"alwayson_scripts": scripts}, sd_model=shared.sd_model
+    )
     couple_script = next(s for s in api.runners[False].alwayson_scripts if s.title() == "Forge Couple")
     return status, body, couple_script
 

@@ -2,25 +2,32 @@
 
 The matrix of what is tried here (and in test_tsc / test_t5 / test_discovery) is in tests/README.md.
 """
+
 import gc
 import os
 import shutil
 import struct
 import threading
 
+import factories
 import pytest
 import torch
+import webui_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from webui_env import MODEL_NAME, T5_NAME, ella, payload, run
 
-import factories
-import webui_env
 from ella_ext import ELLAError
 from ella_ext.args import ELLAArgs
 from ella_ext.discovery import ModelRoots, resolve_ella_model, resolve_t5_encoder
 from ella_ext.prompt_encoding import split_chunks
-from ella_ext.prompt_syntax import BuiltinPromptSyntax, parse_attention, prompt_schedule, split_and, strip_extra_networks
-from webui_env import MODEL_NAME, T5_NAME, ella, payload, run
+from ella_ext.prompt_syntax import (
+    BuiltinPromptSyntax,
+    parse_attention,
+    prompt_schedule,
+    split_and,
+    strip_extra_networks,
+)
 
 pytestmark = pytest.mark.usefixtures("fresh_webui_state")
 
@@ -61,6 +68,7 @@ def no_job_state_left(webui):
 
 # --- 1. files through the WebUI ---------------------------------------------------------------------
 
+
 @pytest.fixture
 def bad_models(webui):
     """Broken files placed next to the good ones, removed afterwards."""
@@ -87,14 +95,17 @@ def bad_models(webui):
     webui.extension.runtime.unload_all()
 
 
-@pytest.mark.parametrize("name, data, message", [
-    ("zero.safetensors", b"", "empty"),
-    ("random.safetensors", bytes(range(256)) * 64, "header claims"),
-    ("pickle.safetensors", b"\x80\x04\x95" + b"\x00" * 64, "pickle"),
-    ("huge-header.safetensors", struct.pack("<Q", 2**40) + b"{}", "header claims"),
-    ("truncated.safetensors", "TRUNCATE", "truncated"),
-    ("wrong-keys.safetensors", "WRONG_KEYS", "missing"),
-])
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("zero.safetensors", b"", "empty"),
+        ("random.safetensors", bytes(range(256)) * 64, "header claims"),
+        ("pickle.safetensors", b"\x80\x04\x95" + b"\x00" * 64, "pickle"),
+        ("huge-header.safetensors", struct.pack("<Q", 2**40) + b"{}", "header claims"),
+        ("truncated.safetensors", "TRUNCATE", "truncated"),
+        ("wrong-keys.safetensors", "WRONG_KEYS", "missing"),
+    ],
+)
 def test_bad_ella_file_fails_the_job_then_good_files_work(webui, bad_models, name, data, message):
     put, _ = bad_models
     good = (webui.models_dir / "ELLA" / f"{MODEL_NAME}.safetensors").read_bytes()
@@ -115,11 +126,14 @@ def test_bad_ella_file_fails_the_job_then_good_files_work(webui, bad_models, nam
     plain_job_matches_a_fresh_webui(webui)
 
 
-@pytest.mark.parametrize("drop, message", [
-    (("tokenizer.json", "spiece.model"), "no tokenizer"),
-    (("config.json",), "config.json"),
-    (("model.safetensors",), "safetensors"),
-])
+@pytest.mark.parametrize(
+    "drop, message",
+    [
+        (("tokenizer.json", "spiece.model"), "no tokenizer"),
+        (("config.json",), "config.json"),
+        (("model.safetensors",), "safetensors"),
+    ],
+)
 def test_bad_t5_folder_fails_the_job_then_good_files_work(webui, bad_models, drop, message):
     _, t5 = bad_models
     folder = t5("broken-t5", drop)
@@ -149,14 +163,18 @@ def test_remote_code_t5_config_is_not_honoured_in_a_job(webui, bad_models):
 
 # --- 2. names and paths through the API -----------------------------------------------------------
 
-@pytest.mark.parametrize("field, name, message", [
-    ("model", "../../../etc/passwd", "outside the model folders"),
-    ("model", "/etc/passwd", "outside the model folders"),
-    ("t5", "../" + T5_NAME, "outside the model folders"),
-    ("model", "bad\x00name", "NUL"),
-    ("t5", "x" * 5000, "characters long"),
-    ("model", 42, "must be a model name (string)"),
-])
+
+@pytest.mark.parametrize(
+    "field, name, message",
+    [
+        ("model", "../../../etc/passwd", "outside the model folders"),
+        ("model", "/etc/passwd", "outside the model folders"),
+        ("t5", "../" + T5_NAME, "outside the model folders"),
+        ("model", "bad\x00name", "NUL"),
+        ("t5", "x" * 5000, "characters long"),
+        ("model", 42, "must be a model name (string)"),
+    ],
+)
 def test_names_leaving_the_model_folders_are_refused(webui, field, name, message):
     model = webui.model()
     status, body = run(webui, payload() | {"alwayson_scripts": ella(**{field: name})})
@@ -188,7 +206,9 @@ def test_model_roots_resolve_only_inside(tmp_path):
 
 # --- 3. prompts ----------------------------------------------------------------------------------
 
-ALL_PLANES = "".join(chr(c) for c in (0x41, 0xE9, 0x3A9, 0x4E2D, 0x1F600, 0x20000, 0x30000, 0xE0041, 0xF0000, 0x10FFFD, 0x200B, 0x202E))
+ALL_PLANES = "".join(
+    chr(c) for c in (0x41, 0xE9, 0x3A9, 0x4E2D, 0x1F600, 0x20000, 0x30000, 0xE0041, 0xF0000, 0x10FFFD, 0x200B, 0x202E)
+)
 
 PROMPTS = {
     "empty": ("", ""),
@@ -232,6 +252,7 @@ def test_only_extra_network_tags_encode_as_empty(webui):
 
 
 # --- 4. lifecycle faults -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("flag", ["interrupted", "skipped"])
 @pytest.mark.parametrize("phase", ["encoding", "first step", "mid-run", "hires pass"])
@@ -311,12 +332,16 @@ def test_sdxl_then_back_to_sd15(webui):
 
 # --- 5. concurrency and long runs ------------------------------------------------------------------
 
+
 def test_two_api_clients_never_mix_prompts(webui):
     """Two clients post different ELLA prompts at once; the WebUI serialises jobs with its queue lock."""
     from modules import shared
 
     queue_lock = threading.Lock()  # modules.call_queue.queue_lock
-    prompts = {"A": [f"a red cube number {i}" for i in range(5)], "B": [f"a blue sphere under a tree {i}" for i in range(5)]}
+    prompts = {
+        "A": [f"a red cube number {i}" for i in range(5)],
+        "B": [f"a blue sphere under a tree {i}" for i in range(5)],
+    }
     seen = {"A": [], "B": []}
     errors = []
 
@@ -329,7 +354,7 @@ def test_two_api_clients_never_mix_prompts(webui):
                     assert status == 200, body
                     seen[name].append((prompt, float(model.unet_calls[0].t[0]), model.unet_calls[0].context[0].clone()))
                     assert shared.sd_model is model
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=client, args=(n,)) for n in ("A", "B")]
@@ -341,7 +366,10 @@ def test_two_api_clients_never_mix_prompts(webui):
     for name in ("A", "B"):
         assert [p for p, _, _ in seen[name]] == prompts[name]
         for prompt, t, ctx in seen[name]:
-            assert torch.allclose(ctx, webui_env.reference_conditioning(webui.models_dir, prompt, t), atol=1e-4), (name, prompt)
+            assert torch.allclose(ctx, webui_env.reference_conditioning(webui.models_dir, prompt, t), atol=1e-4), (
+                name,
+                prompt,
+            )
 
 
 def test_prompt_encoder_shared_by_threads_keeps_prompts_apart(webui):
@@ -354,7 +382,9 @@ def test_prompt_encoder_shared_by_threads_keeps_prompts_apart(webui):
     cache = LRUCache(max_entries=8)  # small: threads evict each other's entries
     texts = factories.dpg_prompts(24)
     expected = {t: t5.encode(t5.tokenize(t))[0] for t in texts}
-    encoder = PromptEncoder(lambda: t5, "t5", cache, BuiltinPromptSyntax(), fixed_length=None, truncate_at=None, emphasis="original")
+    encoder = PromptEncoder(
+        lambda: t5, "t5", cache, BuiltinPromptSyntax(), fixed_length=None, truncate_at=None, emphasis="original"
+    )
     bad = []
 
     def worker(offset):
@@ -408,8 +438,14 @@ json_values = st.recursive(
     max_leaves=12,
 )
 field_names = st.sampled_from(ELLAArgs.field_names() + ["bogus", "", "Enabled"])
-arg_dicts = st.dictionaries(field_names, json_values | st.sampled_from(
-    ["Flexible", "Fixed 128", "ella+clip", "ELLA + CLIP", "clip", "On", "true", "0.5", "ignore", "keep", MODEL_NAME]), max_size=10)
+arg_dicts = st.dictionaries(
+    field_names,
+    json_values
+    | st.sampled_from(
+        ["Flexible", "Fixed 128", "ella+clip", "ELLA + CLIP", "clip", "On", "true", "0.5", "ignore", "keep", MODEL_NAME]
+    ),
+    max_size=10,
+)
 script_args = st.one_of(
     st.lists(json_values, max_size=12),
     st.tuples(arg_dicts).map(list),
@@ -430,9 +466,26 @@ def test_fuzz_api_arguments_raise_only_ella_errors(args, enabled):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(["ELLA", "ELLA T5", "ELLA length", "ELLA mode", "ELLA negative", "ELLA steps",
-                                        "ELLA emphasis", "ELLA long prompts", "ELLA truncated", "Steps"]),
-                       st.text(max_size=30) | st.integers() | st.floats() | st.booleans(), max_size=8))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "ELLA",
+                "ELLA T5",
+                "ELLA length",
+                "ELLA mode",
+                "ELLA negative",
+                "ELLA steps",
+                "ELLA emphasis",
+                "ELLA long prompts",
+                "ELLA truncated",
+                "Steps",
+            ]
+        ),
+        st.text(max_size=30) | st.integers() | st.floats() | st.booleans(),
+        max_size=8,
+    )
+)
 def test_fuzz_infotext_raises_only_ella_errors(params):
     try:
         args = ELLAArgs.from_infotext(params)
@@ -442,7 +495,10 @@ def test_fuzz_infotext_raises_only_ella_errors(params):
 
 
 prompt_text = st.lists(
-    st.sampled_from(list("ab c()[]:|\\<>.,0123456789-eE") + ["AND", "BREAK", " AND ", " BREAK ", "<lora:x:1>", "\u00e9", "\U0001F600"]),
+    st.sampled_from(
+        list("ab c()[]:|\\<>.,0123456789-eE")
+        + ["AND", "BREAK", " AND ", " BREAK ", "<lora:x:1>", "\u00e9", "\U0001f600"]
+    ),
     max_size=40,
 ).map("".join)
 

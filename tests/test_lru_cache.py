@@ -1,9 +1,9 @@
 """The T5 feature cache: a hit costs no tokenizer or encoder call; bounds hold; keys separate settings."""
 
+import factories
 import pytest
 import torch
 
-import factories
 from ella_ext.lru_cache import LRUCache
 from ella_ext.prompt_encoding import PromptEncoder
 from ella_ext.prompt_syntax import BuiltinPromptSyntax
@@ -16,8 +16,16 @@ def encoder(t5_fp32):
 
 def make(encoder, cache, identity="t5|fp32", fixed=None, truncate=128):
     counting = factories.CountingEncoder(encoder)
-    pe = PromptEncoder(lambda: counting, identity, cache, BuiltinPromptSyntax(), fixed_length=fixed,
-                       truncate_at=truncate, emphasis="original", storage_device=torch.device("cpu"))
+    pe = PromptEncoder(
+        lambda: counting,
+        identity,
+        cache,
+        BuiltinPromptSyntax(),
+        fixed_length=fixed,
+        truncate_at=truncate,
+        emphasis="original",
+        storage_device=torch.device("cpu"),
+    )
     return pe, counting
 
 
@@ -63,7 +71,7 @@ def test_emphasis_shares_the_cached_raw_features(encoder):
 
 def test_lru_bounds_entries_and_bytes():
     cache = LRUCache(max_entries=2, max_bytes=10_000)
-    t = lambda n: (torch.zeros(n), None)  # noqa: E731 - entry shaped like the encoder's
+    t = lambda n: (torch.zeros(n), None)
     cache.put("a", t(100))
     cache.put("b", t(100))
     cache.get("a")  # a is now most recent

@@ -8,14 +8,14 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
-
 import factories
+import pytest
+from hub_server import HubServer
+
 from ella_ext.discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots
 from ella_ext.hub import ELLA_FILE
 from ella_ext.model_check import check_models
 from ella_ext.tsc import TSCConfig
-from hub_server import HubServer
 
 CFG = TSCConfig(**factories.RELEASED_TSC)
 
@@ -52,13 +52,24 @@ def test_released_models_check_out_against_the_hub(installed, hub):
     report = check_models(KNOWN_ELLA, KNOWN_T5, installed, endpoint=hub.url)
     got = items(report)
     assert report.ok, report.to_markdown()
-    assert list(got) == ["ELLA model", "ELLA weights", "ELLA sha256", "T5 encoder", "T5 layout", "T5 tokenizer", "T5 checksums"]
+    assert list(got) == [
+        "ELLA model",
+        "ELLA weights",
+        "ELLA sha256",
+        "T5 encoder",
+        "T5 layout",
+        "T5 tokenizer",
+        "T5 checksums",
+    ]
     ella = installed.ella[0] / ELLA_FILE
     assert str(ella) in got["ELLA model"].detail
     assert "2 blocks, width 64" in got["ELLA weights"].detail and "F32" in got["ELLA weights"].detail
     sha = hashlib.sha256(ella.read_bytes()).hexdigest()
     assert got["ELLA sha256"].detail == f"{sha}; matches the hub (QQGYLab/ELLA)" and not got["ELLA sha256"].skipped
-    assert got["T5 layout"].detail.startswith("encoder-only, d_model 32") and "model.safetensors" in got["T5 layout"].detail
+    assert (
+        got["T5 layout"].detail.startswith("encoder-only, d_model 32")
+        and "model.safetensors" in got["T5 layout"].detail
+    )
     assert got["T5 tokenizer"].detail == "tokenizer.json and spiece.model present"
     assert got["T5 checksums"].detail.startswith("all 6 files match the hub")
     weights_sha = hashlib.sha256((installed.t5[0] / KNOWN_T5 / "model.safetensors").read_bytes()).hexdigest()
@@ -116,7 +127,10 @@ def test_unreachable_hub_is_not_a_failure(installed):
     got = items(report)
     assert report.ok
     reason = got["ELLA sha256"].detail.split("; ", 1)[1]
-    assert got["ELLA sha256"].skipped and reason == "not checked against the hub at http://127.0.0.1:9 (connection refused)"
+    assert (
+        got["ELLA sha256"].skipped
+        and reason == "not checked against the hub at http://127.0.0.1:9 (connection refused)"
+    )
 
 
 def test_missing_models_say_how_to_get_them(tmp_path, hub):
@@ -125,8 +139,10 @@ def test_missing_models_say_how_to_get_them(tmp_path, hub):
     got = items(report)
     assert list(got) == ["ELLA model", "T5 encoder"] and not report.ok
     assert "was not found" in got["ELLA model"].detail
-    assert got["ELLA model"].fix == (f"Press Download in the ELLA accordion to fetch {ELLA_FILE} into '{roots.ella[0]}', "
-                                     "or put it there by hand (README, section Models).")
+    assert got["ELLA model"].fix == (
+        f"Press Download in the ELLA accordion to fetch {ELLA_FILE} into '{roots.ella[0]}', "
+        "or put it there by hand (README, section Models)."
+    )
     assert f"the folder {KNOWN_T5} into '{roots.t5[0]}'" in got["T5 encoder"].fix
     other = items(check_models("mine/custom", "my-t5", roots, offline=True))
     assert other["ELLA model"].fix == f"Put 'mine/custom.safetensors' into '{roots.ella[0]}' or choose another model."

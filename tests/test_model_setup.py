@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_server import HubServer
+from webui_env import MODEL_NAME, T5_NAME, ella, load_script, payload, run
 
 from ella_ext.discovery import KNOWN_ELLA, KNOWN_T5
 from ella_ext.downloads import DownloadManager
 from ella_ext.hub import ELLA_FILE
 from ella_ext.model_setup import ModelSetup
-from hub_server import HubServer
-from webui_env import MODEL_NAME, T5_NAME, ella, load_script, payload, run
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def build_ui(webui) -> dict:
     script.is_img2img = False
     script.ui(False)
     prefix = "script_txt2img_ella_"
-    return {c.elem_id[len(prefix):]: c for c in gradio.created if (c.elem_id or "").startswith(prefix)}
+    return {c.elem_id[len(prefix) :]: c for c in gradio.created if (c.elem_id or "").startswith(prefix)}
 
 
 def handler(component):
@@ -67,6 +67,7 @@ def handler(component):
 
 
 # --- the accordion ------------------------------------------------------------------------------
+
 
 def test_accordion_says_what_is_missing_and_downloads_it_with_progress(empty_webui, hub):
     ui = build_ui(empty_webui)
@@ -131,6 +132,7 @@ def test_offline_status_line_says_how_to_allow_downloads(empty_webui, monkeypatc
 
 # --- the API --------------------------------------------------------------------------------------
 
+
 @contextmanager
 def serve_app(webui):
     """The WebUI's app_started callbacks run on a fresh FastAPI app, served by uvicorn on a free port."""
@@ -175,8 +177,10 @@ def test_api_lists_downloads_with_progress_and_checks(empty_webui, hub, monkeypa
         assert status == 200
         assert models["models"] == [] and models["t5"] == [] and models["missing"] == ["ella", "t5"]
         assert models["to_download"] == ["ella", "t5"]
-        assert models["download_targets"] == {"ella": str(empty_webui.models_dir / "ELLA"),
-                                              "t5": str(empty_webui.models_dir / "ELLA" / "t5")}
+        assert models["download_targets"] == {
+            "ella": str(empty_webui.models_dir / "ELLA"),
+            "t5": str(empty_webui.models_dir / "ELLA" / "t5"),
+        }
         assert models["downloads_allowed"] is True and models["download"]["state"] == "idle"
 
         hub.gate = threading.Event()
@@ -248,6 +252,7 @@ def test_api_honours_the_webuis_api_auth(empty_webui, monkeypatch):
 
 # --- the progress text while a job runs --------------------------------------------------------------
 
+
 def test_progress_text_says_what_ella_loads_and_encodes(webui, fresh_webui_state, monkeypatch):
     from modules import shared
 
@@ -270,7 +275,9 @@ def test_progress_text_says_what_ella_loads_and_encodes(webui, fresh_webui_state
     status, body = run(webui, payload(prompt="a lighthouse at dusk", negative_prompt="blurry", alwayson_scripts=ella()))
     assert status == 200, body
     lines = [s for s in seen if s and s.startswith("ELLA")]
-    connector = next(i for i, s in enumerate(lines) if s.startswith(f"ELLA: loading the connector {MODEL_NAME}.safetensors ("))
+    connector = next(
+        i for i, s in enumerate(lines) if s.startswith(f"ELLA: loading the connector {MODEL_NAME}.safetensors (")
+    )
     assert lines[connector].endswith("in fp32 to CPU memory")
     first = lines.index("ELLA: encoding prompt 1 of 2 with T5 for the first pass")
     t5 = next(i for i, s in enumerate(lines) if s.startswith(f"ELLA: loading the T5 encoder {T5_NAME} ("))

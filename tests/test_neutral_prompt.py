@@ -3,7 +3,6 @@ ELLA's rows (tests/fake_extensions.FakeNeutralPrompt does what the real hijacks 
 
 import pytest
 import torch
-
 import webui_env
 from fake_extensions import FakeNeutralPrompt
 from webui_env import ella, payload, run

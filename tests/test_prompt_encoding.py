@@ -1,11 +1,12 @@
 """What reaches the TSC for each piece of prompt syntax: which T5 rows are scaled by how much, BREAK, caching."""
-import logging
 
-import pytest
-import torch
+import logging
 
 import factories
 import prompt_cases
+import pytest
+import torch
+
 from ella_ext import prompt_encoding as pe
 from ella_ext.lru_cache import LRUCache
 from ella_ext.prompt_syntax import BuiltinPromptSyntax, parse_attention
@@ -19,8 +20,13 @@ def t5(t5_fp32):
 def make_encoder(t5, *, emphasis="original", fixed_length=None, truncate_at=None, cache=None):
     spy = factories.CountingEncoder(t5)
     enc = pe.PromptEncoder(
-        lambda: spy, "tiny|fp32", cache if cache is not None else LRUCache(), BuiltinPromptSyntax(),
-        fixed_length=fixed_length, truncate_at=truncate_at, emphasis=emphasis,
+        lambda: spy,
+        "tiny|fp32",
+        cache if cache is not None else LRUCache(),
+        BuiltinPromptSyntax(),
+        fixed_length=fixed_length,
+        truncate_at=truncate_at,
+        emphasis=emphasis,
     )
     return enc, spy
 
@@ -87,7 +93,9 @@ def test_apply_emphasis_mean_rule():
     assert torch.allclose(out[0] / out[1], torch.tensor([2.0, 2.0]))
     # a near-zero mean would explode the rescale: weights then apply unnormalised
     g = torch.tensor([[1.0, -1.0], [1.0, -0.9]])
-    assert torch.equal(pe.apply_emphasis(g, [3.0, 1.0], restore_mean=True), pe.apply_emphasis(g, [3.0, 1.0], restore_mean=False))
+    assert torch.equal(
+        pe.apply_emphasis(g, [3.0, 1.0], restore_mean=True), pe.apply_emphasis(g, [3.0, 1.0], restore_mean=False)
+    )
 
 
 def test_ignore_weights_is_the_plain_path(t5):
@@ -167,8 +175,9 @@ def test_tokenizer_without_offsets_ignores_emphasis_and_says_so(t5, caplog):
             return dataclasses.replace(super().tokenize(text, **kw), offsets=None)
 
     spy = NoOffsets(t5)
-    enc = pe.PromptEncoder(lambda: spy, "slow", LRUCache(), BuiltinPromptSyntax(),
-                           fixed_length=None, truncate_at=None, emphasis="original")
+    enc = pe.PromptEncoder(
+        lambda: spy, "slow", LRUCache(), BuiltinPromptSyntax(), fixed_length=None, truncate_at=None, emphasis="original"
+    )
     with caplog.at_level(logging.WARNING):
         got = enc.encode("a (red:1.5) cube")
     assert not got.weighted and torch.equal(got.features, plain(t5, "a red cube")[0])

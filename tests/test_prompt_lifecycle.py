@@ -1,14 +1,15 @@
 """The WebUI's prompt language inside a job: ELLA's text switches where CLIP's does, XYZ axes, long prompts."""
+
 import copy
 from collections import namedtuple
 
+import factories
 import pytest
 import torch
-
-import factories
 import webui_env
-from ella_ext.prompt_syntax import prompt_schedule, text_at_step
 from webui_env import MODEL_NAME, ella, payload, run
+
+from ella_ext.prompt_syntax import prompt_schedule, text_at_step
 
 pytestmark = pytest.mark.usefixtures("fresh_webui_state")
 
@@ -23,12 +24,15 @@ def cond_rows(model):
 
 
 @pytest.mark.parametrize("backend", ["a1111", "forge", "reforge"])
-@pytest.mark.parametrize("prompt, steps", [
-    ("a [red cube:blue sphere:2] on a table", 5),
-    ("a [red cube:blue sphere:0.5] on a table", 6),
-    ("a [cat|dog|bird] in a field", 5),
-    ("a [small ::3]house", 4),
-])
+@pytest.mark.parametrize(
+    "prompt, steps",
+    [
+        ("a [red cube:blue sphere:2] on a table", 5),
+        ("a [red cube:blue sphere:0.5] on a table", 6),
+        ("a [cat|dog|bird] in a field", 5),
+        ("a [small ::3]house", 4),
+    ],
+)
 def test_ella_text_switches_at_the_step_clip_switches(webui, backend, prompt, steps):
     """ELLA + CLIP puts both conditionings in one context: per call, ELLA's text must be CLIP's text."""
     webui.set_backend(backend)
@@ -80,7 +84,9 @@ def test_emphasis_reaches_the_unet_and_ignore_drops_it(webui):
     plain = reference(webui, "a red cube on a glossy table", t)
     assert not torch.allclose(weighted, plain, atol=1e-4)
     model = webui.model()
-    status, body = run(webui, payload("a (red:1.6) cube on a glossy table") | {"alwayson_scripts": ella(emphasis="ignore")})
+    status, body = run(
+        webui, payload("a (red:1.6) cube on a glossy table") | {"alwayson_scripts": ella(emphasis="ignore")}
+    )
     assert status == 200 and "ELLA emphasis: Ignore" in body["info"]
     assert torch.allclose(model.unet_calls[0].context[0], plain, atol=1e-4)
 
@@ -91,7 +97,9 @@ def test_long_prompt_truncation_is_reported(webui):
     status, body = run(webui, payload(long) | {"alwayson_scripts": ella()})
     assert status == 200 and "ELLA truncated: True" in body["info"]
     t = float(model.unet_calls[0].t[0])
-    assert torch.allclose(model.unet_calls[0].context[0], webui_env.reference_conditioning(webui.models_dir, long, t), atol=1e-4)
+    assert torch.allclose(
+        model.unet_calls[0].context[0], webui_env.reference_conditioning(webui.models_dir, long, t), atol=1e-4
+    )
     model = webui.model()
     status, body = run(webui, payload(long) | {"alwayson_scripts": ella(long_prompts="keep")})
     assert status == 200 and "ELLA truncated" not in body["info"] and "ELLA long prompts: Keep" in body["info"]
@@ -138,8 +146,12 @@ def test_xyz_cells_apply_to_their_own_copy_of_p(webui, xyz):
     api = webui.api()
     runner = api.runners[False]
     base = payload("a red cube")
-    script_args = api.init_script_args(runner, {"alwayson_scripts": {"ELLA": {"args": [{"enabled": False, "model": MODEL_NAME}]}}})
-    p = processing.StableDiffusionProcessingTxt2Img(**base, sd_model=shared.sd_model, scripts=runner, script_args=script_args)
+    script_args = api.init_script_args(
+        runner, {"alwayson_scripts": {"ELLA": {"args": [{"enabled": False, "model": MODEL_NAME}]}}}
+    )
+    p = processing.StableDiffusionProcessingTxt2Img(
+        **base, sd_model=shared.sd_model, scripts=runner, script_args=script_args
+    )
     axes = {o.label: o for o in xyz.axis_options}
     cells = [("Off", "Flexible"), ("On", "Flexible"), ("On", "Fixed 128")]
     lengths, infos = [], []
@@ -163,7 +175,9 @@ def test_xyz_start_end_axes(webui, xyz):
     api = webui.api()
     runner = api.runners[False]
     script_args = api.init_script_args(runner, {"alwayson_scripts": ella()})
-    p = processing.StableDiffusionProcessingTxt2Img(**payload(steps=10), sd_model=shared.sd_model, scripts=runner, script_args=script_args)
+    p = processing.StableDiffusionProcessingTxt2Img(
+        **payload(steps=10), sd_model=shared.sd_model, scripts=runner, script_args=script_args
+    )
     axes = {o.label: o for o in xyz.axis_options}
     model = p.sd_model
     pc = copy.copy(p)
@@ -173,6 +187,7 @@ def test_xyz_start_end_axes(webui, xyz):
 
 
 # --- what ELLA could not do is said on the image --------------------------------------------------
+
 
 def test_ignored_emphasis_is_said_in_infotext_and_comments(webui, monkeypatch):
     """A tokenizer without offsets (A1111's tokenizers 0.13 with an unreadable tokenizer.json and no
@@ -207,7 +222,12 @@ def test_xyz_axes_exist_without_the_ui(webui, tmp_path):
     try:
         webui_env.load_script(webui.models_dir)  # no before_ui callback here
         assert [o.label for o in xyz_grid.axis_options if o.label.startswith("ELLA")] == [
-            "ELLA: on/off", "ELLA: token length", "ELLA: conditioning", "ELLA: start", "ELLA: end"]
+            "ELLA: on/off",
+            "ELLA: token length",
+            "ELLA: conditioning",
+            "ELLA: start",
+            "ELLA: end",
+        ]
     finally:
         scripts.scripts_data.clear()
         xyz_grid.axis_options[:] = saved

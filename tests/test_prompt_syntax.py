@@ -1,4 +1,5 @@
 """ELLA's prompt-language parser against the WebUI's own (recorded golden data, and live when available)."""
+
 import gzip
 import importlib.util
 import json
@@ -8,9 +9,9 @@ import sys
 import types
 from pathlib import Path
 
+import prompt_cases
 import pytest
 
-import prompt_cases
 from ella_ext import prompt_syntax as ps
 
 GOLDEN = Path(__file__).parent / "data" / "prompt_golden.json.gz"
@@ -29,7 +30,9 @@ def golden_cases():
 
 
 def same_attention(ours, real):
-    return len(ours) == len(real) and all(a[0] == b[0] and math.isclose(a[1], b[1], rel_tol=1e-12) for a, b in zip(ours, real))
+    return len(ours) == len(real) and all(
+        a[0] == b[0] and math.isclose(a[1], b[1], rel_tol=1e-12) for a, b in zip(ours, real)
+    )
 
 
 def test_golden_covers_realistic_syntax():
@@ -116,6 +119,7 @@ def test_builtin_syntax_memoises_identical_prompts():
 
 
 # --- against a real WebUI checkout, when one is given -------------------------------------------
+
 
 def load_webui_parser(src):
     path = Path(src) / "modules" / "prompt_parser.py"

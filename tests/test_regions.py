@@ -1,11 +1,10 @@
 """ELLA per region in Regional Prompter's Attention mode: each region's text goes through T5 and the
 TSC on its own, and the slice RP cuts for that region is exactly ELLA's tokens for that text."""
 
-import pytest
-import torch
-
 import fake_extensions
 import fake_rp_attention
+import pytest
+import torch
 import webui_env
 from webui_env import ella, payload
 
@@ -23,8 +22,10 @@ def run_rp(webui, prompt, negative="", rp_args=None, **kw):
     from modules.api import Api
 
     api = Api([webui.module.ELLAScript, fake_extensions.FakeRegionalPrompter])
-    status, body = api.txt2img(payload(prompt, negative_prompt=negative, **kw) | {
-        "alwayson_scripts": ella() | (rp_args or rp())}, sd_model=shared.sd_model)
+    status, body = api.txt2img(
+        payload(prompt, negative_prompt=negative, **kw) | {"alwayson_scripts": ella() | (rp_args or rp())},
+        sd_model=shared.sd_model,
+    )
     return status, body, api.runners[False].alwayson_scripts[1]
 
 
@@ -37,7 +38,7 @@ def region_slices(context, spans, unit):
     tail = context.shape[1] % unit
     out = []
     for start, end in spans:
-        piece = context[start * unit:end * unit]
+        piece = context[start * unit : end * unit]
         out.append(torch.cat([piece, context[-tail:]]) if tail else piece)
     return out
 
@@ -113,8 +114,9 @@ def test_attention_output_of_a_duplicated_region_equals_ella_alone():
 
 def test_hires_and_batch_keep_the_layout(webui):
     prompts = "a red cube BREAK a blue sphere"
-    status, body, script = run_rp(webui, prompts, batch_size=2, enable_hr=True, hr_second_pass_steps=2,
-                                  denoising_strength=0.5, hr_cfg=7.0)
+    status, body, script = run_rp(
+        webui, prompts, batch_size=2, enable_hr=True, hr_second_pass_steps=2, denoising_strength=0.5, hr_cfg=7.0
+    )
     assert status == 200, body
     cond, _ = rows(script, batch=2)
     assert len(cond) > 2 * 4  # two images, first pass and hires pass
@@ -150,8 +152,9 @@ def test_rp_unit_is_restored_for_the_next_job_even_after_a_failure(webui):
     from modules.api import Api
 
     api = Api([webui.module.ELLAScript, fake_extensions.FakeRegionalPrompter])
-    status, body = api.txt2img(payload("a red cube BREAK a blue sphere") | {"alwayson_scripts": rp()},
-                               sd_model=shared.sd_model)
+    status, body = api.txt2img(
+        payload("a red cube BREAK a blue sphere") | {"alwayson_scripts": rp()}, sd_model=shared.sd_model
+    )
     assert status == 200, body
     rp_script = api.runners[False].alwayson_scripts[1]
     assert {c["unit"] for c in rp_script.calls} == {77}

@@ -2,15 +2,14 @@
 
 import pytest
 import torch
-
 import webui_env
 from webui_env import MODEL_NAME, T5_NAME, ella, payload, run
-
 
 pytestmark = pytest.mark.usefixtures("fresh_webui_state")
 
 
 # --- unchecked costs nothing ----------------------------------------------------------------------
+
 
 def test_disabled_is_bit_identical_to_no_extension(webui):
     from modules import processing, shared
@@ -29,10 +28,20 @@ def test_disabled_is_bit_identical_to_no_extension(webui):
 
 # --- injection ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend, sampler", [
-    ("a1111", "Euler"), ("a1111", "DDIM"), ("forge", "Euler"), ("forge", "DDIM"), ("reforge", "Euler"), ("reforge", "DDIM"),
-    ("forge-classic", "Euler"), ("forge-classic", "DDIM"),
-])
+
+@pytest.mark.parametrize(
+    "backend, sampler",
+    [
+        ("a1111", "Euler"),
+        ("a1111", "DDIM"),
+        ("forge", "Euler"),
+        ("forge", "DDIM"),
+        ("reforge", "Euler"),
+        ("reforge", "DDIM"),
+        ("forge-classic", "Euler"),
+        ("forge-classic", "DDIM"),
+    ],
+)
 def test_unet_gets_tsc_output_for_its_own_timestep(webui, backend, sampler):
     webui.set_backend(backend)
     model = webui.model()
@@ -71,7 +80,9 @@ def test_batch_rows_align_with_prompts_and_negatives(webui):
 
 def test_extra_networks_and_styles_follow_the_webui(webui):
     model = webui.model()
-    status, _ = run(webui, payload("a cat <lora:film:0.8> on a sofa", styles=["oil painting"]) | {"alwayson_scripts": ella()})
+    status, _ = run(
+        webui, payload("a cat <lora:film:0.8> on a sofa", styles=["oil painting"]) | {"alwayson_scripts": ella()}
+    )
     assert status == 200
     call = model.unet_calls[0]
     expected = webui_env.reference_conditioning(webui.models_dir, "a cat  on a sofa, oil painting", float(call.t[0]))
@@ -112,8 +123,14 @@ def test_hires_pass_uses_hires_prompts(webui):
         first, hires = model.unet_calls[:4], model.unet_calls[4:]
         assert len(hires) >= 1
         t = float(hires[0].t[0])
-        assert torch.allclose(hires[0].context[0], webui_env.reference_conditioning(webui.models_dir, "a detailed cat", t), atol=1e-4)
-        assert torch.allclose(first[0].context[0], webui_env.reference_conditioning(webui.models_dir, "a cat", float(first[0].t[0])), atol=1e-4)
+        assert torch.allclose(
+            hires[0].context[0], webui_env.reference_conditioning(webui.models_dir, "a detailed cat", t), atol=1e-4
+        )
+        assert torch.allclose(
+            first[0].context[0],
+            webui_env.reference_conditioning(webui.models_dir, "a cat", float(first[0].t[0])),
+            atol=1e-4,
+        )
     assert shared.backend.name == "forge"
 
 
@@ -127,7 +144,11 @@ def test_forge_cfg_one_has_no_uncond(webui):
 
 def test_img2img(webui):
     model = webui.model()
-    status, body = run(webui, payload(denoising_strength=0.5, init_latent=torch.zeros(1, 4, 8, 8)) | {"alwayson_scripts": ella()}, img2img=True)
+    status, body = run(
+        webui,
+        payload(denoising_strength=0.5, init_latent=torch.zeros(1, 4, 8, 8)) | {"alwayson_scripts": ella()},
+        img2img=True,
+    )
     assert status == 200
     assert len(model.unet_calls) == 2 and all(c.context.shape[1] == 64 for c in model.unet_calls)
     assert "ELLA:" in body["info"]
@@ -160,6 +181,7 @@ def test_step_range_leaves_clip_outside(webui):
 
 # --- failing loudly -------------------------------------------------------------------------------
 
+
 def test_sdxl_is_refused_by_name_before_sampling(webui):
     model = webui.model("sdxl")
     status, body = run(webui, payload() | {"alwayson_scripts": ella()})
@@ -176,11 +198,14 @@ def test_missing_model_fails_the_job_with_the_message(webui):
     assert model.unet_calls == []
 
 
-@pytest.mark.parametrize("args, message", [
-    ([{"enabled": True, "model": MODEL_NAME, "t5": T5_NAME, "bogus": 1}], "Unknown ELLA argument"),
-    ([{"enabled": True, "model": MODEL_NAME, "t5": T5_NAME, "start": "early"}], "'start' must be a number"),
-    (["yes"], "'enabled' must be true or false"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([{"enabled": True, "model": MODEL_NAME, "t5": T5_NAME, "bogus": 1}], "Unknown ELLA argument"),
+        ([{"enabled": True, "model": MODEL_NAME, "t5": T5_NAME, "start": "early"}], "'start' must be a number"),
+        (["yes"], "'enabled' must be true or false"),
+    ],
+)
 def test_bad_api_args_are_422_with_a_message(webui, args, message):
     model = webui.model()
     status, body = run(webui, payload() | {"alwayson_scripts": {"ELLA": {"args": args}}})
@@ -194,7 +219,9 @@ def test_positional_api_args(webui):
     status, body = run(webui, payload() | {"alwayson_scripts": {"ELLA": {"args": args}}})
     assert status == 200 and "ELLA length: Fixed 128" in body["info"]
     call = model.unet_calls[0]
-    expected = webui_env.reference_conditioning(webui.models_dir, "a red cube on a glossy table", float(call.t[0]), fixed=True)
+    expected = webui_env.reference_conditioning(
+        webui.models_dir, "a red cube on a glossy table", float(call.t[0]), fixed=True
+    )
     assert torch.allclose(call.context[0], expected, atol=1e-4)
 
 
@@ -252,16 +279,25 @@ def test_callback_ignores_other_processing_objects(webui):
     status, _ = api.txt2img(payload() | {"alwayson_scripts": ella()}, sd_model=model)
     leftover = copy.copy(api.last_p)  # a copy of a finished ELLA job's p
     assert not hasattr(leftover, "_ella_job")
+    import weakref
+
     from ella_ext.args import ELLAArgs
     from ella_ext.webui.job import ELLAJob
-    import weakref
 
     owner = processing.StableDiffusionProcessingTxt2Img(**payload())
     for stale in (ELLAJob(ELLAArgs(enabled=True), weakref.ref(owner)), "junk"):
         inner = processing.StableDiffusionProcessingTxt2Img(**payload())
         inner._ella_job = stale  # another p's job (a shallow copy carries it along) or junk
-        params = script_callbacks.CFGDenoiserParams(None, None, torch.ones(1), 0, 4, torch.zeros(1, 77, 768),
-                                                    torch.zeros(1, 77, 768), type("D", (), {"p": inner})())
+        params = script_callbacks.CFGDenoiserParams(
+            None,
+            None,
+            torch.ones(1),
+            0,
+            4,
+            torch.zeros(1, 77, 768),
+            torch.zeros(1, 77, 768),
+            type("D", (), {"p": inner})(),
+        )
         webui.extension.cfg_denoiser(params)
         assert params.text_cond.shape == (1, 77, 768)
 
@@ -270,14 +306,40 @@ def test_infotext_paste_restores_the_accordion(webui):
     from modules import infotext_utils
 
     clip_prompt = 'sks style, (masterpiece:1.2), "quoted"\nsecond line'
-    status, body = run(webui, payload() | {"alwayson_scripts": ella(length="fixed", mode="ella+clip", start=0.1, end=0.9, emphasis="ignore",
-                                                                     clip_prompt=clip_prompt, clip_negative="blurry")})
+    status, body = run(
+        webui,
+        payload()
+        | {
+            "alwayson_scripts": ella(
+                length="fixed",
+                mode="ella+clip",
+                start=0.1,
+                end=0.9,
+                emphasis="ignore",
+                clip_prompt=clip_prompt,
+                clip_negative="blurry",
+            )
+        },
+    )
     assert status == 200
     script = webui.api().runners[False].alwayson_scripts[0]
     params = infotext_utils.parse_generation_parameters(body["info"])
     values = list(infotext_utils.paste(script, params).values())
-    assert values == [True, MODEL_NAME, T5_NAME, "Fixed 128", "ELLA + CLIP", "ELLA", 0.1, 0.9, "Ignore", "Truncate to 128",
-                      clip_prompt, "blurry", False]
+    assert values == [
+        True,
+        MODEL_NAME,
+        T5_NAME,
+        "Fixed 128",
+        "ELLA + CLIP",
+        "ELLA",
+        0.1,
+        0.9,
+        "Ignore",
+        "Truncate to 128",
+        clip_prompt,
+        "blurry",
+        False,
+    ]
     # an infotext without ELLA turns the accordion off and leaves the rest alone
     off = list(infotext_utils.paste(script, {"Steps": "20"}).values())
     assert off == [False] + [None] * 12
@@ -295,8 +357,15 @@ def test_settings_are_registered(webui):
     from modules import shared
 
     keys = set(shared.opts.data_labels)
-    assert {"ella_model_dirs", "ella_t5_dirs", "ella_t5_precision", "ella_t5_residency", "ella_feature_cache_entries",
-            "ella_feature_cache_mb", "ella_hub_download"} <= keys
+    assert {
+        "ella_model_dirs",
+        "ella_t5_dirs",
+        "ella_t5_precision",
+        "ella_t5_residency",
+        "ella_feature_cache_entries",
+        "ella_feature_cache_mb",
+        "ella_hub_download",
+    } <= keys
     assert all(info.section == ("ella", "ELLA") for k, info in shared.opts.data_labels.items() if k.startswith("ella_"))
 
 
@@ -331,15 +400,17 @@ def test_ui_built_before_any_model_was_installed(webui, tmp_path):
         paths.models_path = saved
     runner = api.runners[False]
     script = runner.alwayson_scripts[0]
-    model_box, t5_box = runner.inputs[script.args_from + 1: script.args_from + 3]
+    model_box, t5_box = runner.inputs[script.args_from + 1 : script.args_from + 3]
     assert model_box.value == "" and t5_box.value == "" and model_box.choices == []
     # the models were installed after start: a job that names none uses the first ones found
     status, body = api.txt2img(payload() | {"alwayson_scripts": {"ELLA": {"args": [True]}}}, sd_model=shared.sd_model)
     assert status == 200, body
     assert f"ELLA: {MODEL_NAME} [" in body["info"] and f"ELLA T5: {T5_NAME}" in body["info"]
     # pasting that infotext restores the names even though the UI defaults are empty
-    status, again = api.txt2img(payload() | {"infotext": body["info"].replace(f"ELLA: {MODEL_NAME}", "ELLA: other-model")},
-                                sd_model=shared.sd_model)
+    status, again = api.txt2img(
+        payload() | {"infotext": body["info"].replace(f"ELLA: {MODEL_NAME}", "ELLA: other-model")},
+        sd_model=shared.sd_model,
+    )
     assert status == 422 and "'other-model' was not found" in again["errors"]
     status, again = api.txt2img(payload() | {"infotext": body["info"]}, sd_model=shared.sd_model)
     assert status == 200 and f"ELLA: {MODEL_NAME} [" in again["info"]

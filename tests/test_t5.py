@@ -4,14 +4,12 @@ import json
 import logging
 import shutil
 
+import factories
 import pytest
 import torch
 
-import factories
-from ella_ext import DeviceError, TextEncoderError
-from ella_ext import logs
+from ella_ext import DeviceError, TextEncoderError, logs, t5_tokenizer
 from ella_ext import t5 as t5mod
-from ella_ext import t5_tokenizer
 from ella_ext.t5 import inspect_t5_folder, load_t5_encoder
 
 PROMPTS = factories.dpg_prompts(5) + ["a red cube", ""]
@@ -53,7 +51,9 @@ def test_checkout_never_reads_the_decoder(t5_folders, monkeypatch):
     assert names and not any("decoder" in n or "lm_head" in n for n in names)
     assert inspect_t5_folder(folder).layout == "encoder-decoder"
     assert [f.name for f in inspect_t5_folder(folder).weight_files] == [
-        "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors"]
+        "model-00001-of-00003.safetensors",
+        "model-00002-of-00003.safetensors",
+    ]
 
 
 def test_embeddings_are_tied(t5_folder):
@@ -66,12 +66,12 @@ def test_fixed_length_pads_to_128_and_keeps_real_tokens(t5_folder):
     flexible = encoder.tokenize("a red cube on a table")
     fixed = encoder.tokenize("a red cube on a table", fixed_length=128)
     assert len(fixed.ids) == 128 and fixed.n_real == len(flexible.ids)
-    assert fixed.ids[: len(flexible.ids)] == flexible.ids and set(fixed.ids[len(flexible.ids):]) == {0}
+    assert fixed.ids[: len(flexible.ids)] == flexible.ids and set(fixed.ids[len(flexible.ids) :]) == {0}
     a, b = encoder.encode(flexible), encoder.encode(fixed)
     assert b.shape == (1, 128, 32)
     # T5 masks its padding, so the real tokens' features match; the padding rows are not zero
     assert torch.allclose(a[0], b[0, : a.shape[1]], atol=1e-5)
-    assert b[0, a.shape[1]:].abs().sum() > 0
+    assert b[0, a.shape[1] :].abs().sum() > 0
 
 
 def test_long_prompt_truncation(t5_folder):
@@ -140,6 +140,7 @@ def test_fp16_overflow_is_reencoded_in_fp32(tmp_path, caplog, monkeypatch):
 
 
 # --- bad folders --------------------------------------------------------------------------------
+
 
 def copy_folder(src, dst):
     shutil.copytree(src, dst)
@@ -266,7 +267,6 @@ def test_good_folder_loads_after_bad_ones(tmp_path, t5_folder):
 # --- a tokenizer.json this tokenizers version cannot read (A1111's tokenizers 0.13 and the newest files)
 
 
-
 def with_newest_tokenizer(t5_folder, folder):
     """A tiny T5 folder whose spiece.model and tokenizer.json come from tests/data (written by the newest tokenizers)."""
     import gzip
@@ -294,8 +294,15 @@ def test_tokenizer_json_of_the_newest_tokenizers_gives_a_fast_tokenizer(tmp_path
     from ella_ext.prompt_encoding import PromptEncoder
     from ella_ext.prompt_syntax import BuiltinPromptSyntax
 
-    prompts = PromptEncoder(lambda: enc, "newest|fp32", LRUCache(), BuiltinPromptSyntax(),
-                            fixed_length=None, truncate_at=128, emphasis="no norm")
+    prompts = PromptEncoder(
+        lambda: enc,
+        "newest|fp32",
+        LRUCache(),
+        BuiltinPromptSyntax(),
+        fixed_length=None,
+        truncate_at=128,
+        emphasis="no norm",
+    )
     plain, weighted = prompts.encode("a red cube"), prompts.encode("a (red:1.5) cube")
     assert weighted.weighted and weighted.emphasis_ignored is None
     changed = (weighted.features - plain.features).abs().amax(dim=1) > 0
@@ -334,8 +341,15 @@ def test_slow_tokenizer_says_why_emphasis_is_ignored(tmp_path, t5_folder, monkey
     enc = load_t5_encoder(folder, precision="fp32")
     assert not enc.tokenizer.is_fast
     assert "conversion needs protobuf" in enc.tokenizer_note and "emphasis is ignored" in enc.tokenizer_note
-    prompts = PromptEncoder(lambda: enc, "slow|fp32", LRUCache(), BuiltinPromptSyntax(),
-                            fixed_length=None, truncate_at=128, emphasis="original")
+    prompts = PromptEncoder(
+        lambda: enc,
+        "slow|fp32",
+        LRUCache(),
+        BuiltinPromptSyntax(),
+        fixed_length=None,
+        truncate_at=128,
+        emphasis="original",
+    )
     weighted = prompts.encode("a (red:1.5) cube")
     assert weighted.emphasis_ignored == enc.tokenizer_note and not weighted.weighted
     assert prompts.encode("a red cube").emphasis_ignored is None  # nothing to ignore without emphasis
@@ -350,7 +364,9 @@ def test_each_fallback_alone_gives_the_same_tokens(tmp_path, t5_folder, monkeypa
     def unavailable(*args, **kwargs):
         raise RuntimeError("not available here")
 
-    monkeypatch.setattr(t5_tokenizer, "_fast_from_spiece" if way == "older json" else "_fast_from_older_json", unavailable)
+    monkeypatch.setattr(
+        t5_tokenizer, "_fast_from_spiece" if way == "older json" else "_fast_from_older_json", unavailable
+    )
     enc = load_t5_encoder(folder, precision="fp32")
     assert enc.tokenizer.is_fast and enc.tokenizer_note is None
     for prompt, ids in expected["ids"].items():
@@ -358,9 +374,20 @@ def test_each_fallback_alone_gives_the_same_tokens(tmp_path, t5_folder, monkeypa
 
 
 def test_older_metaspace_rewrite():
-    new = {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-        {"type": "WhitespaceSplit"}, {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}]},
-        "decoder": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": True}}
+    new = {
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "WhitespaceSplit"},
+                {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True},
+            ],
+        },
+        "decoder": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": True},
+    }
     old = t5_tokenizer._older_metaspace(new)
-    assert old["pre_tokenizer"]["pretokenizers"][1] == {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True}
+    assert old["pre_tokenizer"]["pretokenizers"][1] == {
+        "type": "Metaspace",
+        "replacement": "▁",
+        "add_prefix_space": True,
+    }
     assert old["decoder"] == {"type": "Metaspace", "replacement": "▁", "add_prefix_space": False}

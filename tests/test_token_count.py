@@ -8,8 +8,8 @@ import os
 import re
 
 import pytest
-
 import webui_env
+
 from ella_ext.args import ELLAArgs
 from ella_ext.discovery import ModelRoots
 from ella_ext.errors import ELLAError
@@ -239,7 +239,6 @@ def test_bad_page_requests_come_back_as_errors(webui, request_text, message):
 
 def test_api_route_counts_behind_the_same_credentials(webui, monkeypatch):
     from modules import shared
-
     from test_model_setup import call, serve_app
 
     with serve_app(webui) as base:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-
 import webui_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,8 +44,12 @@ def test_token_counter_script_in_node(webui, tmp_path):
     assert "error" in cases[4]["answer"]
     path = Path(os.environ.get("ELLA_KEEP_CASES", tmp_path / "cases.json"))
     path.write_text(json.dumps(cases), encoding="utf-8")
-    done = subprocess.run([NODE, "--test", str(ROOT / "tests" / "js" / "token_counter.test.js")],
-                          env={"ELLA_TOKEN_CASES": str(path), "PATH": "/usr/bin:/bin"},
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [NODE, "--test", str(ROOT / "tests" / "js" / "token_counter.test.js")],
+        env={"ELLA_TOKEN_CASES": str(path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert re.search(r"# pass 8\b", done.stdout) and re.search(r"# fail 0\b", done.stdout), done.stdout[-2000:]

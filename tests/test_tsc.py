@@ -3,11 +3,11 @@
 import json
 import struct
 
+import factories
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import factories
 from ella_ext import DeviceError, ModelFileError, load_ella
 from ella_ext.tsc import TSCConfig
 
@@ -38,15 +38,18 @@ def test_matches_reference_fixture(small, expected, case):
     assert err <= TOLERANCE
 
 
-@pytest.mark.parametrize("t", [torch.tensor(999.0), 999.0, 999, torch.tensor([999.0]), torch.tensor(999, dtype=torch.long)])
+@pytest.mark.parametrize(
+    "t", [torch.tensor(999.0), 999.0, 999, torch.tensor([999.0]), torch.tensor(999, dtype=torch.long)]
+)
 def test_scalar_timestep_forms(small, expected, t):
     out = small(expected["case0.x"], t)
     assert rel_err(out, expected["scalar.y"]) <= TOLERANCE
 
 
 def test_config_read_off_shapes(small):
-    assert small.config == TSCConfig(time_channel=32, time_embed_dim=64, width=64, layers=2, heads=8,
-                                      num_latents=16, input_dim=48)
+    assert small.config == TSCConfig(
+        time_channel=32, time_embed_dim=64, width=64, layers=2, heads=8, num_latents=16, input_dim=48
+    )
 
 
 def test_released_checkpoint_layout_has_93_tensors_and_66_8m_weights():
@@ -82,6 +85,7 @@ def test_fractional_and_integer_timesteps_differ(small):
 
 # --- batching -----------------------------------------------------------------------------------
 
+
 def test_padded_batch_equals_each_row_alone(small):
     torch.manual_seed(1)
     rows = [torch.randn(n, 48) for n in (3, 17, 9, 1)]
@@ -89,7 +93,7 @@ def test_padded_batch_equals_each_row_alone(small):
     batch = torch.zeros(len(rows), 17, 48)
     for i, r in enumerate(rows):
         batch[i, : len(r)] = r
-        batch[i, len(r):] = 7.0  # garbage in the padding must not matter
+        batch[i, len(r) :] = 7.0  # garbage in the padding must not matter
     out = small(batch, t, lengths=[len(r) for r in rows])
     for i, r in enumerate(rows):
         alone = small(r[None], t[i])
@@ -144,6 +148,7 @@ def test_unsupported_dtype_and_device(fixtures_dir):
 
 
 # --- bad files ----------------------------------------------------------------------------------
+
 
 @pytest.fixture()
 def good_state(fixtures_dir):
@@ -204,9 +209,21 @@ def _header_file(path, header: dict, data: bytes = b""):
         ("list.safetensors", lambda p: p.write_bytes(struct.pack("<Q", 2) + b"[]"), "not a JSON object"),
         ("notensors.safetensors", lambda p: _header_file(p, {"__metadata__": {}}), "no tensors"),
         ("badentry.safetensors", lambda p: _header_file(p, {"a": {"dtype": "F32"}}), "malformed"),
-        ("baddtype.safetensors", lambda p: _header_file(p, {"a": {"dtype": "Q4", "shape": [1], "data_offsets": [0, 1]}}, b"x"), "unknown dtype"),
-        ("inconsistent.safetensors", lambda p: _header_file(p, {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"xxxx"), "inconsistent"),
-        ("truncated.safetensors", lambda p: _header_file(p, {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"xxxx"), "truncated"),
+        (
+            "baddtype.safetensors",
+            lambda p: _header_file(p, {"a": {"dtype": "Q4", "shape": [1], "data_offsets": [0, 1]}}, b"x"),
+            "unknown dtype",
+        ),
+        (
+            "inconsistent.safetensors",
+            lambda p: _header_file(p, {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"xxxx"),
+            "inconsistent",
+        ),
+        (
+            "truncated.safetensors",
+            lambda p: _header_file(p, {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"xxxx"),
+            "truncated",
+        ),
         ("weights.ckpt", lambda p: p.write_bytes(b"\x80\x02"), "pickle file"),
         ("weights.pt", lambda p: p.write_bytes(b"\x80\x02"), "pickle file"),
         ("weights.bin", lambda p: p.write_bytes(b"\x80\x02"), "pickle file"),

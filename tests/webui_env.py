@@ -8,9 +8,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 import factories
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = Path(__file__).resolve().parent / "fake_webui"
@@ -60,10 +59,9 @@ class WebUI:
         return model
 
     def set_backend(self, backend: str) -> None:
-        from modules import shared
+        from modules import fake_backends, shared
 
         from ella_ext import backends
-        from modules import fake_backends
 
         shared.backend = fake_backends.BY_NAME[backend]
         self.extension.backend = backends.by_name(backend)
@@ -78,8 +76,9 @@ def load_script(models_dir: Path) -> WebUI:
     script_callbacks.clear()
     shared.opts.data.clear()
     shared.opts.data_labels.clear()
-    shared.opts.data.update({"use_old_scheduling": False, "pad_cond_uncond": False, "pad_cond_uncond_v0": False,
-                            "batch_cond_uncond": True})
+    shared.opts.data.update(
+        {"use_old_scheduling": False, "pad_cond_uncond": False, "pad_cond_uncond_v0": False, "batch_cond_uncond": True}
+    )
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     spec = importlib.util.spec_from_file_location("ella_script_under_test", ROOT / "scripts" / "ella.py")
@@ -96,20 +95,25 @@ def _reference_models(models_dir: Path, precision: str):
     from ella_ext import load_ella
     from ella_ext.t5 import load_t5_encoder
 
-    return (load_t5_encoder(models_dir / "ELLA" / "t5" / T5_NAME, precision=precision),
-            load_ella(models_dir / "ELLA" / f"{MODEL_NAME}.safetensors"))
+    return (
+        load_t5_encoder(models_dir / "ELLA" / "t5" / T5_NAME, precision=precision),
+        load_ella(models_dir / "ELLA" / f"{MODEL_NAME}.safetensors"),
+    )
 
 
 def reference_conditioning(models_dir: Path, text: str, t: float, *, precision="auto", fixed=False, truncate=True):
     """What ELLA should produce for `text` at timestep `t`, computed from scratch with the library's parts."""
     encoder, tsc = _reference_models(Path(models_dir), precision)
-    tokens = encoder.tokenize(text, fixed_length=128 if fixed else None, truncate_at=None if fixed or not truncate else 128)
+    tokens = encoder.tokenize(
+        text, fixed_length=128 if fixed else None, truncate_at=None if fixed or not truncate else 128
+    )
     features = encoder.encode(tokens)
     with torch.inference_mode():
         return tsc(features.float(), torch.tensor([float(t)]))[0]
 
 
 # --- request helpers shared by the lifecycle tests ---------------------------------------------
+
 
 def ella(**overrides):
     """alwayson_scripts entry enabling ELLA with the tiny models (dict form)."""

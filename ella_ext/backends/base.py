@@ -27,7 +27,9 @@ class Backend:
         """How ELLA's runtime takes part in this WebUI's memory management (a `runtime.MemoryHooks`)."""
         raise NotImplementedError
 
-    def register_callback(self, category: str, callback: Callable, *, filename: str, name: Optional[str] = None) -> None:
+    def register_callback(
+        self, category: str, callback: Callable, *, filename: str, name: Optional[str] = None
+    ) -> None:
         """`script_callbacks.on_<category>(callback)`, naming the calling file instead of finding it.
 
         The public `on_*` functions find the caller's file with `inspect.stack()`, which reads source

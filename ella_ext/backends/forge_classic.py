@@ -28,7 +28,9 @@ class ForgeClassic(ReForge):
             return False
         return str(version).strip().lower() == "classic"
 
-    def register_callback(self, category: str, callback: Callable, *, filename: str, name: Optional[str] = None) -> None:
+    def register_callback(
+        self, category: str, callback: Callable, *, filename: str, name: Optional[str] = None
+    ) -> None:
         from modules import script_callbacks
 
         callbacks = getattr(script_callbacks, "callback_map", {}).get(f"callbacks_{category}")

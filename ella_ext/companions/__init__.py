@@ -94,5 +94,16 @@ def restore() -> None:
         companion.restore()
 
 
-__all__ = ["COMPANIONS", "Companion", "JobView", "adapt_call", "before_sample", "check", "finish_call", "job_failed",
-           "outside_job", "restore", "shape_plan"]
+__all__ = [
+    "COMPANIONS",
+    "Companion",
+    "JobView",
+    "adapt_call",
+    "before_sample",
+    "check",
+    "finish_call",
+    "job_failed",
+    "outside_job",
+    "restore",
+    "shape_plan",
+]

@@ -58,7 +58,11 @@ class _SeparateCallsForward:
 
     def __call__(self, x_in, sigma_in, cond):
         data = getattr(self.options, "data", None)
-        if x_in.shape[0] >= 2 * self.video_length or not isinstance(data, dict) or not data.get("batch_cond_uncond", False):
+        if (
+            x_in.shape[0] >= 2 * self.video_length
+            or not isinstance(data, dict)
+            or not data.get("batch_cond_uncond", False)
+        ):
             return self.forward(x_in, sigma_in, cond=cond)
         data["batch_cond_uncond"] = False
         try:

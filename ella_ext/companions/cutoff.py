@@ -36,5 +36,8 @@ class Cutoff(Companion):
 
     def shape_plan(self, job: JobView) -> None:
         if _active(job):
-            job.note(INFO_CUTOFF, "CLIP tokens only",
-                     "ELLA: Cutoff acts on the CLIP tokens after ELLA's, not on ELLA's T5 tokens.")
+            job.note(
+                INFO_CUTOFF,
+                "CLIP tokens only",
+                "ELLA: Cutoff acts on the CLIP tokens after ELLA's, not on ELLA's T5 tokens.",
+            )

@@ -55,5 +55,8 @@ class NegPiP(Companion):
 
     def shape_plan(self, job: JobView) -> None:
         if _active(job):
-            job.note(INFO_NEGPIP, "CLIP vectors",
-                     "ELLA: NegPiP's negative-weighted words act through CLIP vectors after ELLA's tokens, not through T5.")
+            job.note(
+                INFO_NEGPIP,
+                "CLIP vectors",
+                "ELLA: NegPiP's negative-weighted words act through CLIP vectors after ELLA's tokens, not through T5.",
+            )

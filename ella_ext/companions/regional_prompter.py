@@ -83,7 +83,9 @@ class RegionalPrompter(Companion):
         def units(spans):
             return tuple(int(end) - int(start) for start, end in spans)
 
-        job.plan.shape.regions = RegionLayout(cond_units=units(rp.pt), uncond_units=units(getattr(rp, "nt", None) or [[0, 1]]))
+        job.plan.shape.regions = RegionLayout(
+            cond_units=units(rp.pt), uncond_units=units(getattr(rp, "nt", None) or [[0, 1]])
+        )
 
     def restore(self) -> None:
         while self._patched:

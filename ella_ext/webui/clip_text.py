@@ -23,7 +23,7 @@ class ClipTextConds:
     uncond: Any = None  # ScheduledPromptConditioning lists of the CLIP negative, one per image
 
     @classmethod
-    def make(cls, p, spec: PassSpec, args: ELLAArgs) -> "ClipTextConds":
+    def make(cls, p, spec: PassSpec, args: ELLAArgs) -> ClipTextConds:
         """Made the way the WebUI's setup_conds makes a plain job's conds (same functions, autocast, schedule),
         after extra networks are active, so LoRA tags of the main prompt act on it too."""
         from modules import devices, prompt_parser, shared
@@ -31,18 +31,28 @@ class ClipTextConds:
         prompt, negative = args.clip_texts
         images = len(spec.prompts)
         hires = spec.hires_steps is not None
-        size = {"width": getattr(p, "hr_upscale_to_x", p.width) if hires else p.width,
-                "height": getattr(p, "hr_upscale_to_y", p.height) if hires else p.height}
+        size = {
+            "width": getattr(p, "hr_upscale_to_x", p.width) if hires else p.width,
+            "height": getattr(p, "hr_upscale_to_y", p.height) if hires else p.height,
+        }
         conds = cls()
         with devices.autocast():
             if prompt:
                 conds.cond = prompt_parser.get_multicond_learned_conditioning(
-                    shared.sd_model, prompt_parser.SdConditioning([prompt] * images, **size),
-                    spec.steps, spec.hires_steps, spec.use_old_scheduling)
+                    shared.sd_model,
+                    prompt_parser.SdConditioning([prompt] * images, **size),
+                    spec.steps,
+                    spec.hires_steps,
+                    spec.use_old_scheduling,
+                )
             if negative:
                 conds.uncond = prompt_parser.get_learned_conditioning(
-                    shared.sd_model, prompt_parser.SdConditioning([negative] * images, is_negative_prompt=True, **size),
-                    spec.steps, spec.hires_steps, spec.use_old_scheduling)
+                    shared.sd_model,
+                    prompt_parser.SdConditioning([negative] * images, is_negative_prompt=True, **size),
+                    spec.steps,
+                    spec.hires_steps,
+                    spec.use_old_scheduling,
+                )
         return conds
 
     def at(self, step: int) -> tuple[Any, Any]:

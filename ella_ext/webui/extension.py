@@ -33,8 +33,13 @@ EXPANSIONS_KEPT = 64
 
 
 class ELLAExtension:
-    def __init__(self, runtime=None, backend: Optional[backends.Backend] = None, syntax: Optional[PromptSyntax] = None,
-                 roots: Optional[Callable[[], ModelRoots]] = None):
+    def __init__(
+        self,
+        runtime=None,
+        backend: Optional[backends.Backend] = None,
+        syntax: Optional[PromptSyntax] = None,
+        roots: Optional[Callable[[], ModelRoots]] = None,
+    ):
         from ..downloads import hub_download
         from ..model_setup import ModelSetup
         from ..runtime import ELLARuntime
@@ -42,8 +47,9 @@ class ELLAExtension:
 
         show_on_console()  # the WebUIs' default logging shows no INFO lines; ELLA's progress lines are INFO
         self.backend = backend or backends.detect()
-        self.runtime = runtime or ELLARuntime(hooks=self.backend.memory_hooks(), hub_download=hub_download,
-                                              report=ProgressText())
+        self.runtime = runtime or ELLARuntime(
+            hooks=self.backend.memory_hooks(), hub_download=hub_download, report=ProgressText()
+        )
         self._syntax = syntax
         self._roots = roots or model_roots
         self.model_setup = ModelSetup(self.roots)  # the first-run row and the /ella/v1 API
@@ -91,8 +97,9 @@ class ELLAExtension:
         """app_started: ELLA's /ella/v1 routes (models, download, check, tokens, expand) on the WebUI's FastAPI app."""
         from ..api import register_routes
 
-        register_routes(app, self.model_setup, credentials=api_credentials(), tokens=self.token_counter,
-                        expand=self.expand)
+        register_routes(
+            app, self.model_setup, credentials=api_credentials(), tokens=self.token_counter, expand=self.expand
+        )
 
     # --- caption upsampling ---
 
@@ -116,8 +123,11 @@ class ELLAExtension:
         for index, text in enumerate(texts):
             key = (text, negative, config)
             if key not in self._expansions:
-                with self.runtime.activity(f"ELLA: expanding the prompt ({index + 1}/{len(texts)})" if len(texts) > 1
-                                           else "ELLA: expanding the prompt"):
+                with self.runtime.activity(
+                    f"ELLA: expanding the prompt ({index + 1}/{len(texts)})"
+                    if len(texts) > 1
+                    else "ELLA: expanding the prompt"
+                ):
                     self._expansions[key] = expand_prompt(text, config, negative=negative)
                 while len(self._expansions) > EXPANSIONS_KEPT:
                     self._expansions.pop(next(iter(self._expansions)))
@@ -144,8 +154,9 @@ class ELLAExtension:
         own_infotext(p)
         try:
             overrides = dict(getattr(p, OVERRIDES_ATTR, None) or {})  # set by an XYZ plot axis for this cell
-            args = ELLAArgs.from_script_args(script_args, enabled=overrides.pop("enabled", None),
-                                             installed=self.default_models)
+            args = ELLAArgs.from_script_args(
+                script_args, enabled=overrides.pop("enabled", None), installed=self.default_models
+            )
             if overrides and args.enabled:
                 args = args.with_(**overrides)
         except ELLAError as exc:
@@ -218,9 +229,13 @@ class ELLAExtension:
             if not any(ref() is job for ref in self._open_jobs):
                 self._open_jobs.append(weakref.ref(job))
             if job.plan.truncated:
-                note(p, INFO_TRUNCATED, True,
-                     "ELLA: a prompt was longer than 128 T5 tokens (ELLA's training length) and was truncated; "
-                     "set 'Prompts over 128 T5 tokens' to Keep to pass it whole.")
+                note(
+                    p,
+                    INFO_TRUNCATED,
+                    True,
+                    "ELLA: a prompt was longer than 128 T5 tokens (ELLA's training length) and was truncated; "
+                    "set 'Prompts over 128 T5 tokens' to Keep to pass it whole.",
+                )
             reason = job.plan.emphasis_ignored
             if reason:
                 note(p, INFO_EMPHASIS_IGNORED, "no fast T5 tokenizer", f"ELLA: {reason}")
@@ -268,7 +283,9 @@ class ELLAExtension:
 
     def _note_on_open_job(self, key: str, value: Any, message: str) -> None:
         """Another extension's pass ran inside an ELLA job without ELLA: say so on that job's images."""
-        outer = next((j for j in (ref() for ref in reversed(self._open_jobs)) if j is not None and j.error is None), None)
+        outer = next(
+            (j for j in (ref() for ref in reversed(self._open_jobs)) if j is not None and j.error is None), None
+        )
         p = outer.owner() if outer is not None else None
         if p is not None and key not in p.extra_generation_params:
             log.warning("%s", message)
@@ -283,7 +300,13 @@ class ELLAExtension:
             log.info(
                 "ELLA: %d prompt texts encoded (%d truncated), %d TSC calls for %d rows (%d rows reused), %d steps ELLA, "
                 "%d steps CLIP",
-                s.texts_encoded, s.truncated_prompts, s.tsc_calls, s.tsc_rows, s.reused_rows, s.steps_ella, s.steps_clip,
+                s.texts_encoded,
+                s.truncated_prompts,
+                s.tsc_calls,
+                s.tsc_rows,
+                s.reused_rows,
+                s.steps_ella,
+                s.steps_clip,
             )
         self.end_job(p)
 

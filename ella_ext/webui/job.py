@@ -39,7 +39,7 @@ class ELLAJob:
     """What ELLA knows about one processing job; lives on `p` as `p._ella_job`."""
 
     args: ELLAArgs
-    owner: "weakref.ref[Any]"
+    owner: weakref.ref[Any]
     plan: Optional[JobPlan] = None
     error: Optional[ELLAError] = None
     clip_texts: dict[PassSpec, Any] = field(default_factory=dict)  # ClipTextConds per pass
@@ -50,7 +50,9 @@ class ELLAJob:
             if isinstance(exc, ELLAError):
                 self.error = exc
             else:
-                log.error("ELLA: unexpected error\n%s", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+                log.error(
+                    "ELLA: unexpected error\n%s", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                )
                 self.error = ELLAError(f"ELLA failed: {type(exc).__name__}: {exc}")
             owner = self.owner()
             if owner is not None:

@@ -30,8 +30,13 @@ def register_settings() -> None:
             component_args["lines"] = row.lines
         if row.control == "password":  # a Textbox that shows dots (Gradio 3 and 4)
             component_args["type"] = "password"
-        info = shared.OptionInfo(row.stored(row.default), row.label, getattr(gr, control) if control else None,
-                                 component_args or None, section=SETTINGS_SECTION)
+        info = shared.OptionInfo(
+            row.stored(row.default),
+            row.label,
+            getattr(gr, control) if control else None,
+            component_args or None,
+            section=SETTINGS_SECTION,
+        )
         if row.info:
             info = info.info(row.info)
         shared.opts.add_option(row.key, info)

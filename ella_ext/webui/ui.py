@@ -57,12 +57,18 @@ def build(script, extension) -> list:
                     components[name] = _component(gr, script, extension, ROWS[name])
             if condition is not None:
                 name, value = condition
-                components[name].change(fn=lambda label, v=value, r=ROWS[name]: gr.update(visible=r.parse(label) == v),
-                                        inputs=[components[name]], outputs=[row_block], show_progress=False)
+                components[name].change(
+                    fn=lambda label, v=value, r=ROWS[name]: gr.update(visible=r.parse(label) == v),
+                    inputs=[components[name]],
+                    outputs=[row_block],
+                    show_progress=False,
+                )
         token_counter.build(gr, script, extension, components)
         hints = {row.name: row.hint for row in ARGS if row.hint}
-        gr.HTML(f'<div class="ella-hints" style="display: none" data-hints="{html.escape(json.dumps(hints))}"></div>',
-                elem_id=script.elem_id("hints"))
+        gr.HTML(
+            f'<div class="ella-hints" style="display: none" data-hints="{html.escape(json.dumps(hints))}"></div>',
+            elem_id=script.elem_id("hints"),
+        )
     ordered = [components[row.name] for row in ARGS]
     script.infotext_fields = [(component, _infotext_field(index)) for index, component in enumerate(ordered)]
     return ordered
@@ -85,18 +91,23 @@ def _component(gr, script, extension, row):
         names = choices()
         # "" rather than None when nothing is installed yet: the WebUI's infotext paste drops values for
         # components whose default is None (it converts to type(component.value))
-        dropdown = gr.Dropdown(label=row.label, choices=names, value=names[0] if names else "", allow_custom_value=True,
-                               elem_id=elem_id)
-        create_refresh_button(dropdown, lambda: None, lambda: {"choices": choices()}, script.elem_id(f"{row.name}_refresh"))
+        dropdown = gr.Dropdown(
+            label=row.label, choices=names, value=names[0] if names else "", allow_custom_value=True, elem_id=elem_id
+        )
+        create_refresh_button(
+            dropdown, lambda: None, lambda: {"choices": choices()}, script.elem_id(f"{row.name}_refresh")
+        )
         return dropdown
     if row.control == "radio":
         return gr.Radio(label=row.label, choices=row.kind.labels(), value=row.ui_value(row.default), elem_id=elem_id)
     if row.control == "slider":
-        return gr.Slider(label=row.label, minimum=row.minimum, maximum=row.maximum, step=row.step, value=row.default,
-                         elem_id=elem_id)
+        return gr.Slider(
+            label=row.label, minimum=row.minimum, maximum=row.maximum, step=row.step, value=row.default, elem_id=elem_id
+        )
     if row.control == "textbox":
-        return gr.Textbox(label=row.label, lines=row.lines, value=row.default, placeholder=row.placeholder or None,
-                          elem_id=elem_id)
+        return gr.Textbox(
+            label=row.label, lines=row.lines, value=row.default, placeholder=row.placeholder or None, elem_id=elem_id
+        )
     if row.control == "checkbox":
         return gr.Checkbox(label=row.label, value=row.default, elem_id=elem_id)
     raise ValueError(f"ELLA argument '{row.name}' has an unknown control '{row.control}'")
@@ -135,8 +146,9 @@ def _model_setup_row(script, extension, components) -> None:
         would replace a released file the check found damaged)."""
         return setup.check(model, t5).to_markdown(), setup.status_html()
 
-    download.click(fn=on_download, inputs=[], outputs=[status, components["model"], components["t5"]],
-                   show_progress=False)
+    download.click(
+        fn=on_download, inputs=[], outputs=[status, components["model"], components["t5"]], show_progress=False
+    )
     check.click(fn=on_check, inputs=[components["model"], components["t5"]], outputs=[report, status])
 
 
@@ -182,10 +194,12 @@ def _caption_upsampling_row(gr, script, extension):
         script.__dict__[EXPAND_ATTR] = None  # once
         negative = boxes.get("negative")
         inputs = [prompt, history] + ([negative] if negative is not None else [])
-        expand_button.click(fn=on_expand, inputs=inputs, outputs=[prompt, history, status, undo_button],
-                            show_progress=False)
-        undo_button.click(fn=on_undo, inputs=[history], outputs=[prompt, history, status, undo_button],
-                          show_progress=False)
+        expand_button.click(
+            fn=on_expand, inputs=inputs, outputs=[prompt, history, status, undo_button], show_progress=False
+        )
+        undo_button.click(
+            fn=on_undo, inputs=[history], outputs=[prompt, history, status, undo_button], show_progress=False
+        )
 
     script.__dict__[EXPAND_ATTR] = wire
     wire()
@@ -210,8 +224,9 @@ def expand_handlers(extension):
         if not result.changed:
             return keep, keep, _status(" ".join(result.notices) or "The prompt is unchanged."), keep
         history = [*(history or []), result.original][-UNDO_KEPT:]
-        said = " ".join(("Expanded: edit the text as you like; Undo expand puts back the prompt from before.",
-                         *result.notices))
+        said = " ".join(
+            ("Expanded: edit the text as you like; Undo expand puts back the prompt from before.", *result.notices)
+        )
         return result.prompt, history, _status(said), gr.update(visible=True)
 
     def on_undo(history):
@@ -219,8 +234,12 @@ def expand_handlers(extension):
         if not history:
             return keep, [], _status("Nothing to undo."), gr.update(visible=False)
         original = history.pop()
-        return original, history, _status("Restored the prompt from before the expansion."), \
-            gr.update(visible=bool(history))
+        return (
+            original,
+            history,
+            _status("Restored the prompt from before the expansion."),
+            gr.update(visible=bool(history)),
+        )
 
     return on_expand, on_undo
 

@@ -13,7 +13,10 @@ class AxisOption:
         self.prepare = prepare
 
 
-axis_options = [AxisOption("Nothing", str, lambda p, x, xs: None), AxisOption("Seed", int, lambda p, x, xs: setattr(p, "seed", x))]
+axis_options = [
+    AxisOption("Nothing", str, lambda p, x, xs: None),
+    AxisOption("Seed", int, lambda p, x, xs: setattr(p, "seed", x)),
+]
 
 
 class Script:

@@ -11,8 +11,8 @@ ControlNet names differ per WebUI: sd-webui-controlnet takes module "none" and t
 (the defaults); Forge's built-in ControlNet wants ELLA_LIVE_CONTROLNET_MODULE=None and the model as
 /controlnet/model_list shows it, e.g. ELLA_LIVE_CONTROLNET_MODEL="control_v11p_sd15_canny_random [ff413a15]".
 """
-import pytest
 
+import pytest
 from live_env import CONFIGURED, write_tiny_models
 
 

@@ -1,4 +1,5 @@
 """Where the live WebUI is and the tiny models every live test names (written by conftest.py)."""
+
 import os
 from pathlib import Path
 
@@ -11,9 +12,9 @@ T5 = "flan-live-tiny"
 
 def write_tiny_models() -> None:
     import factories
-    from ella_ext.tsc import TSCConfig
-
     from webui_env import SD15_TINY
+
+    from ella_ext.tsc import TSCConfig
 
     tsc = MODELS / "ELLA" / f"{MODEL}.safetensors"
     if not tsc.exists():

@@ -1,4 +1,5 @@
 """End to end through a real WebUI's HTTP API (see conftest.py for how to run it)."""
+
 import base64
 import json
 import os
@@ -7,7 +8,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from live_env import MODEL, T5, URL
 
 SAMPLERS = [s.strip() for s in os.environ.get("ELLA_LIVE_SAMPLERS", "Euler,Euler a,DPM++ 2M,DDIM,UniPC").split(",")]
@@ -46,8 +46,16 @@ def restoring_options(path, payload):
 
 
 def txt2img(**kw):
-    payload = {"prompt": "a red cube on a glossy table", "negative_prompt": "", "steps": 3, "width": 64, "height": 64,
-               "seed": 11, "sampler_name": "Euler", "cfg_scale": 7}
+    payload = {
+        "prompt": "a red cube on a glossy table",
+        "negative_prompt": "",
+        "steps": 3,
+        "width": 64,
+        "height": 64,
+        "seed": 11,
+        "sampler_name": "Euler",
+        "cfg_scale": 7,
+    }
     payload.update(kw)
     return restoring_options("/sdapi/v1/txt2img", payload)
 
@@ -67,7 +75,11 @@ def test_script_is_listed():
     assert status == 200 and "ella" in scripts["txt2img"] and "ella" in scripts["img2img"]
     status, infos = call("/sdapi/v1/script-info")
     ella_info = [s for s in infos if s["name"] == "ella" and not s["is_img2img"]][0]
-    assert ella_info["is_alwayson"] and [a["label"] for a in ella_info["args"]][:3] == ["ELLA", "ELLA model", "T5 encoder"]
+    assert ella_info["is_alwayson"] and [a["label"] for a in ella_info["args"]][:3] == [
+        "ELLA",
+        "ELLA model",
+        "T5 encoder",
+    ]
 
 
 def test_disabled_changes_no_bit():
@@ -93,9 +105,16 @@ def test_batch_negative_and_batch_count():
 
 
 def test_hires_fix():
-    status, body = txt2img(enable_hr=True, hr_scale=2, hr_second_pass_steps=2, denoising_strength=0.5,
-                           hr_prompt="a detailed red cube", hr_additional_modules=["Use same choices"], hr_cfg=7,
-                           alwayson_scripts=ella())
+    status, body = txt2img(
+        enable_hr=True,
+        hr_scale=2,
+        hr_second_pass_steps=2,
+        denoising_strength=0.5,
+        hr_prompt="a detailed red cube",
+        hr_additional_modules=["Use same choices"],
+        hr_cfg=7,
+        alwayson_scripts=ella(),
+    )
     assert status == 200, body
     assert "ELLA:" in info(body)["infotexts"][0]
 
@@ -103,16 +122,27 @@ def test_hires_fix():
 def test_img2img():
     with open(Path(__file__).with_name("init.png"), "rb") as f:
         image = base64.b64encode(f.read()).decode()
-    status, body = call("/sdapi/v1/img2img", {
-        "init_images": [image], "prompt": "a red cube", "steps": 4, "width": 64, "height": 64, "denoising_strength": 0.6,
-        "alwayson_scripts": ella()})
+    status, body = call(
+        "/sdapi/v1/img2img",
+        {
+            "init_images": [image],
+            "prompt": "a red cube",
+            "steps": 4,
+            "width": 64,
+            "height": 64,
+            "denoising_strength": 0.6,
+            "alwayson_scripts": ella(),
+        },
+    )
     assert status == 200, body
     assert "ELLA:" in info(body)["infotexts"][0]
 
 
 def test_prompt_syntax_and_modes():
-    status, body = txt2img(prompt="a [red:blue:0.5] (cube:1.3) AND a sphere BREAK on grass",
-                           alwayson_scripts=ella(mode="ella+clip", negative="clip", start=0.0, end=0.8))
+    status, body = txt2img(
+        prompt="a [red:blue:0.5] (cube:1.3) AND a sphere BREAK on grass",
+        alwayson_scripts=ella(mode="ella+clip", negative="clip", start=0.0, end=0.8),
+    )
     assert status == 200, body
 
 
@@ -127,11 +157,14 @@ def test_positional_args_and_infotext_round_trip():
     assert "ELLA length: Fixed 128" in info(again)["infotexts"][0] and f"ELLA: {MODEL} [" in info(again)["infotexts"][0]
 
 
-@pytest.mark.parametrize("args, message", [
-    ([{"enabled": True, "model": MODEL, "t5": T5, "bogus": 1}], "Unknown ELLA argument"),
-    ([{"enabled": True, "model": "../../secret", "t5": T5}], "outside the model folders"),
-    ([{"enabled": True, "model": "missing-model", "t5": T5}], "was not found"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([{"enabled": True, "model": MODEL, "t5": T5, "bogus": 1}], "Unknown ELLA argument"),
+        ([{"enabled": True, "model": "../../secret", "t5": T5}], "outside the model folders"),
+        ([{"enabled": True, "model": "missing-model", "t5": T5}], "was not found"),
+    ],
+)
 def test_bad_requests_fail_loudly(args, message):
     status, body = txt2img(alwayson_scripts={"ELLA": {"args": args}})
     assert status == 422, body

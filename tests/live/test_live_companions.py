@@ -8,6 +8,7 @@ the extension it is about is not installed; nothing is installed from here.
 Every test compares what the U-Net received, call by call, with ELLA's reference for that row's
 text at the t that call received (computed here from the tiny models the suite writes).
 """
+
 import base64
 import json
 import os
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from live_env import MODEL, MODELS, T5
 from test_live_api import call, ella, info, txt2img
 
@@ -25,6 +25,7 @@ STEPS = 3
 
 
 # --- the probe and the references -------------------------------------------------------------------
+
 
 def scripts_installed():
     status, scripts = call("/sdapi/v1/scripts")
@@ -122,6 +123,7 @@ def image_bytes(name="init.png"):
 
 # --- XYZ plot ------------------------------------------------------------------------------------
 
+
 def xyz_args(axis_label, values):
     status, infos = call("/sdapi/v1/script-info")
     xyz = next(s for s in infos if s["name"] in ("x/y/z plot", "xyz plot", "xyz_grid") and not s["is_img2img"])
@@ -138,8 +140,12 @@ def xyz_args(axis_label, values):
 
 
 def test_xyz_on_off_cells_carry_only_their_own_infotext():
-    status, body = txt2img(steps=STEPS, script_name="x/y/z plot", script_args=xyz_args("ELLA: on/off", "On,Off"),
-                           alwayson_scripts={"ELLA": {"args": [{"enabled": False, "model": MODEL, "t5": T5}]}})
+    status, body = txt2img(
+        steps=STEPS,
+        script_name="x/y/z plot",
+        script_args=xyz_args("ELLA: on/off", "On,Off"),
+        alwayson_scripts={"ELLA": {"args": [{"enabled": False, "model": MODEL, "t5": T5}]}},
+    )
     assert status == 200, body
     texts = info(body)["infotexts"]
     on, off = texts[-2], texts[-1]  # the grid first, then each cell's image
@@ -150,8 +156,13 @@ def test_xyz_on_off_cells_carry_only_their_own_infotext():
 
 
 def test_xyz_prompt_sr_reaches_ella():
-    status, body = txt2img(prompt="a red cube", steps=STEPS, script_name="x/y/z plot",
-                           script_args=xyz_args("Prompt S/R", "red,blue"), alwayson_scripts=ella())
+    status, body = txt2img(
+        prompt="a red cube",
+        steps=STEPS,
+        script_name="x/y/z plot",
+        script_args=xyz_args("Prompt S/R", "red,blue"),
+        alwayson_scripts=ella(),
+    )
     assert status == 200, body
     calls = recorded()
     assert len(calls) == 2 * STEPS
@@ -161,11 +172,19 @@ def test_xyz_prompt_sr_reaches_ella():
 
 # --- ControlNet (sd-webui-controlnet on A1111, built in on Forge) -------------------------------------
 
+
 def controlnet_unit(**kw):
     # the "no preprocessor" module is "none" in sd-webui-controlnet, "None" in Forge's ControlNet
-    unit = {"enabled": True, "image": image_bytes(), "module": os.environ.get("ELLA_LIVE_CONTROLNET_MODULE", "none"), "model": os.environ.get(
-        "ELLA_LIVE_CONTROLNET_MODEL", "control_v11p_sd15_canny_random"), "weight": 1.0, "resize_mode": "Just Resize",
-        "control_mode": "Balanced", "pixel_perfect": False}
+    unit = {
+        "enabled": True,
+        "image": image_bytes(),
+        "module": os.environ.get("ELLA_LIVE_CONTROLNET_MODULE", "none"),
+        "model": os.environ.get("ELLA_LIVE_CONTROLNET_MODEL", "control_v11p_sd15_canny_random"),
+        "weight": 1.0,
+        "resize_mode": "Just Resize",
+        "control_mode": "Balanced",
+        "pixel_perfect": False,
+    }
     unit.update(kw)
     return unit
 
@@ -175,8 +194,13 @@ def controlnet_unit(**kw):
 def test_controlnet_sees_ella_and_keeps_its_marker(mode, negative, control_mode):
     require("controlnet")
     prompt, neg = "a red cube on a glossy table", "blurry"
-    status, body = txt2img(prompt=prompt, negative_prompt=neg, steps=STEPS, alwayson_scripts=ella(mode=mode, negative=negative) | {
-        "ControlNet": {"args": [controlnet_unit(control_mode=control_mode)]}})
+    status, body = txt2img(
+        prompt=prompt,
+        negative_prompt=neg,
+        steps=STEPS,
+        alwayson_scripts=ella(mode=mode, negative=negative)
+        | {"ControlNet": {"args": [controlnet_unit(control_mode=control_mode)]}},
+    )
     assert status == 200, body
     unet, control = recorded("unet"), recorded("control")
     assert control, "the control model never ran"
@@ -204,6 +228,7 @@ def test_controlnet_sees_ella_and_keeps_its_marker(mode, negative, control_mode)
 
 # --- ADetailer ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("listed", [False, True])
 def test_adetailer_batch_count_two(listed):
     require("adetailer")
@@ -211,11 +236,30 @@ def test_adetailer_batch_count_two(listed):
     if listed:
         names += ",ella"
     prompt = "ASTRONAUTPHOTO a portrait photo of an astronaut"
-    status, body = txt2img(prompt=prompt, steps=STEPS, n_iter=2, width=128, height=128,
-                           override_settings={"ad_script_names": names},
-                           alwayson_scripts=ella() | {"ADetailer": {"args": [True, False, {
-                               "ad_model": "mediapipe_face_full", "ad_prompt": "a detailed face", "ad_steps": STEPS,
-                               "ad_use_steps": True, "ad_denoising_strength": 0.4}]}})
+    status, body = txt2img(
+        prompt=prompt,
+        steps=STEPS,
+        n_iter=2,
+        width=128,
+        height=128,
+        override_settings={"ad_script_names": names},
+        alwayson_scripts=ella()
+        | {
+            "ADetailer": {
+                "args": [
+                    True,
+                    False,
+                    {
+                        "ad_model": "mediapipe_face_full",
+                        "ad_prompt": "a detailed face",
+                        "ad_steps": STEPS,
+                        "ad_use_steps": True,
+                        "ad_denoising_strength": 0.4,
+                    },
+                ]
+            }
+        },
+    )
     assert status == 200, body
     assert len(body["images"]) == 2
     texts = info(body)["infotexts"]
@@ -235,31 +279,60 @@ def test_adetailer_batch_count_two(listed):
 
 # --- Dynamic Prompts ------------------------------------------------------------------------------
 
+
 def test_dynamic_prompts_each_image_gets_its_own_prompt():
     require("dynamic prompts")
-    status, body = txt2img(prompt="a {red|blue|green|yellow} cube", steps=STEPS, batch_size=2, n_iter=2, seed=3,
-                           alwayson_scripts=ella())
+    status, body = txt2img(
+        prompt="a {red|blue|green|yellow} cube", steps=STEPS, batch_size=2, n_iter=2, seed=3, alwayson_scripts=ella()
+    )
     assert status == 200, body
     prompts = info(body)["all_prompts"]
     assert len(prompts) == 4
     calls = recorded()
     assert len(calls) == 2 * STEPS
     for batch in range(2):
-        mine = prompts[batch * 2:batch * 2 + 2]
-        for rows in ella_rows(calls[batch * STEPS:(batch + 1) * STEPS], mine + [""]):
+        mine = prompts[batch * 2 : batch * 2 + 2]
+        for rows in ella_rows(calls[batch * STEPS : (batch + 1) * STEPS], mine + [""]):
             assert [r for r in rows if r] == mine, (rows, mine)  # image order, wherever the backend puts cond rows
 
 
 # --- Regional Prompter ----------------------------------------------------------------------------
 
+
 def rp_args(mode):
-    return {"Regional Prompter": {"args": [True, False, "Matrix", "Columns", "Mask", "Prompt", "1,1", "0.2", False, False,
-                                           False, mode, False, "0", "0", "0.4", None, "0", "0", False]}}
+    return {
+        "Regional Prompter": {
+            "args": [
+                True,
+                False,
+                "Matrix",
+                "Columns",
+                "Mask",
+                "Prompt",
+                "1,1",
+                "0.2",
+                False,
+                False,
+                False,
+                mode,
+                False,
+                "0",
+                "0",
+                "0.4",
+                None,
+                "0",
+                "0",
+                False,
+            ]
+        }
+    }
 
 
 def test_regional_prompter_latent_mode_gets_one_row_per_region():
     require("regional prompter")
-    status, body = txt2img(prompt="a red cube BREAK a blue sphere", steps=STEPS, alwayson_scripts=ella() | rp_args("Latent"))
+    status, body = txt2img(
+        prompt="a red cube BREAK a blue sphere", steps=STEPS, alwayson_scripts=ella() | rp_args("Latent")
+    )
     assert status == 200, body
     rows = [text for call_rows in ella_rows(recorded(), ["a red cube", "a blue sphere", ""]) for text in call_rows]
     assert None not in rows, rows  # every row the U-Net got is ELLA's for its own region (RP may run them apart)
@@ -288,7 +361,9 @@ def test_regional_prompter_attention_mode_gives_each_region_its_ella_tokens(regi
     require("regional prompter")
     args = rp_args("Attention")
     args["Regional Prompter"]["args"][6] = ",".join(["1"] * len(regions))
-    status, body = txt2img(prompt=" BREAK ".join(regions), negative_prompt="blurry", steps=STEPS, alwayson_scripts=ella() | args)
+    status, body = txt2img(
+        prompt=" BREAK ".join(regions), negative_prompt="blurry", steps=STEPS, alwayson_scripts=ella() | args
+    )
     assert status == 200, body
     unet, region_calls = recorded(), recorded("rp_region")
     weights = recorded("rp_weights")[0]
@@ -302,7 +377,7 @@ def test_regional_prompter_attention_mode_gives_each_region_its_ella_tokens(regi
     for index in cond_calls:
         got = [r for r in region_calls if r["unet_call"] == index]
         assert len(got) in (len(regions), len(regions) + 1)
-        negatives += got[len(regions):]
+        negatives += got[len(regions) :]
         t = float(unet[index]["t"][0])
         for text, record in zip(regions, got):
             expected = reference(text, t)
@@ -317,18 +392,47 @@ def test_regional_prompter_attention_mode_gives_each_region_its_ella_tokens(regi
                 padded[name].append(relative(cross_attention(weights, record["x"], context), alone))
     assert len({r["unet_call"] for r in negatives}) == STEPS  # the negative reached RP at every step
     assert all(close(r["context"][0], reference("blurry", float(unet[r["unet_call"]]["t"][0]))) for r in negatives)
-    print(f"\nRP attention, {len(regions)} regions: layer output vs ELLA alone (reference T5), relative L2: "
-          f"ours {worst:.2e} (vs its own context {exact:.2e}); "
-          + "; ".join(f"77-token unit padded with {k}: {max(v):.2e}" for k, v in padded.items()))
+    print(
+        f"\nRP attention, {len(regions)} regions: layer output vs ELLA alone (reference T5), relative L2: "
+        f"ours {worst:.2e} (vs its own context {exact:.2e}); "
+        + "; ".join(f"77-token unit padded with {k}: {max(v):.2e}" for k, v in padded.items())
+    )
     assert exact < 1e-5 and worst < TOL
 
 
 # --- Tiled Diffusion ------------------------------------------------------------------------------
 
+
 def td_args(region_control):
     bbox = [True, 0.0, 0.0, 0.5, 1.0, "a red cube", "", "Background", 0.2, -1] if region_control else []
-    return {"Tiled Diffusion": {"args": [True, "MultiDiffusion", False, True, 1024, 1024, 64, 64, 16, 2, "None", 2,
-                                         False, 10, 1, 1, 64, False, region_control, False, False, *bbox]}}
+    return {
+        "Tiled Diffusion": {
+            "args": [
+                True,
+                "MultiDiffusion",
+                False,
+                True,
+                1024,
+                1024,
+                64,
+                64,
+                16,
+                2,
+                "None",
+                2,
+                False,
+                10,
+                1,
+                1,
+                64,
+                False,
+                region_control,
+                False,
+                False,
+                *bbox,
+            ]
+        }
+    }
 
 
 def test_tiled_diffusion_tiles_get_ella():
@@ -348,10 +452,17 @@ def test_tiled_diffusion_region_control_is_refused():
 
 # --- AnimateDiff ----------------------------------------------------------------------------------
 
+
 def ad_args(**kw):
     """AnimateDiff on; Dynamic Prompts (when installed) off: it re-expands AnimateDiff's per-frame prompts from the first."""
-    params = {"enable": True, "video_length": 16, "batch_size": 16, "fps": 8, "format": ["PNG"],
-              "model": os.environ.get("ELLA_LIVE_MOTION_MODULE", "mm_sd_v15_v2_random.safetensors")}
+    params = {
+        "enable": True,
+        "video_length": 16,
+        "batch_size": 16,
+        "fps": 8,
+        "format": ["PNG"],
+        "model": os.environ.get("ELLA_LIVE_MOTION_MODULE", "mm_sd_v15_v2_random.safetensors"),
+    }
     params.update(kw)
     args = {"AnimateDiff": {"args": [params]}}
     dynamic_prompts = next((n for n in scripts_installed() if n.startswith("dynamic prompts")), None)
@@ -383,7 +494,9 @@ def test_animatediff_16_frames_get_ella_at_every_step():
 
 def test_animatediff_prompt_travel_blends_ella():
     require("animatediff")
-    status, body = txt2img(prompt="0: a red cube\n15: a blue sphere", steps=STEPS, batch_size=16, alwayson_scripts=ella() | ad_args())
+    status, body = txt2img(
+        prompt="0: a red cube\n15: a blue sphere", steps=STEPS, batch_size=16, alwayson_scripts=ella() | ad_args()
+    )
     assert status == 200, body
     for c in recorded():
         cond = c["context"][:16] if c["context"].shape[0] >= 16 else None
@@ -402,8 +515,13 @@ def test_animatediff_with_the_negative_through_clip(travel):
     cond is ELLA's (blended between keyframes with travel) at that call's t, the negative is CLIP's."""
     require("animatediff")
     prompt = "0: a red cube\n15: a blue sphere" if travel else "a red cube spinning"
-    status, body = txt2img(prompt=prompt, negative_prompt="blurry", steps=STEPS, batch_size=16,
-                           alwayson_scripts=ella(negative="clip") | ad_args())
+    status, body = txt2img(
+        prompt=prompt,
+        negative_prompt="blurry",
+        steps=STEPS,
+        batch_size=16,
+        alwayson_scripts=ella(negative="clip") | ad_args(),
+    )
     assert status == 200, body
     calls = recorded()
     cond = [c for c in calls if c["context"].shape[1] == 64]
@@ -422,18 +540,26 @@ def test_animatediff_with_the_negative_through_clip(travel):
 
 # --- ELLA + CLIP with a separate CLIP text ----------------------------------------------------------
 
-@pytest.mark.parametrize("clip_text", [
-    "sks style, (masterpiece:1.3), [cat:dog:2] BREAK film grain",
-    "ornate, intricate, " * 30 + "gold leaf",  # over 75 tokens: two CLIP chunks, separate cond/uncond calls
-])
+
+@pytest.mark.parametrize(
+    "clip_text",
+    [
+        "sks style, (masterpiece:1.3), [cat:dog:2] BREAK film grain",
+        "ornate, intricate, " * 30 + "gold leaf",  # over 75 tokens: two CLIP chunks, separate cond/uncond calls
+    ],
+)
 def test_clip_text_is_the_webuis_own_conditioning_bit_for_bit(clip_text):
     status, body = txt2img(prompt=clip_text, negative_prompt="blurry", steps=STEPS)
     assert status == 200, body
     plain = recorded()
     call("/ella-probe/v1/reset", {})
     prompt = "a red cube on a glossy table"
-    status, body = txt2img(prompt=prompt, negative_prompt="blurry", steps=STEPS,
-                           alwayson_scripts=ella(mode="ella+clip", clip_prompt=clip_text))
+    status, body = txt2img(
+        prompt=prompt,
+        negative_prompt="blurry",
+        steps=STEPS,
+        alwayson_scripts=ella(mode="ella+clip", clip_prompt=clip_text),
+    )
     assert status == 200, body
     assert info(body)["extra_generation_params"]["ELLA CLIP prompt"] == clip_text
     calls = recorded()
@@ -452,19 +578,27 @@ def test_clip_text_is_the_webuis_own_conditioning_bit_for_bit(clip_text):
     assert texts.count(prompt) == STEPS and texts.count("blurry") == len(plain_rows) - STEPS
     for (t, row), text in zip(ella_rows_, texts):
         if text == prompt:  # tokens 64: are the plain job's cond row at the same t, bit for bit
-            assert any(t == pt and row.shape[0] == 64 + prow.shape[0] and torch.equal(row[64:], prow) for pt, prow in plain_rows)
+            assert any(
+                t == pt and row.shape[0] == 64 + prow.shape[0] and torch.equal(row[64:], prow)
+                for pt, prow in plain_rows
+            )
         else:  # the negative's CLIP part is the job's own (Forge repeats a shorter uncond to batch it with a longer cond)
             assert any(t == pt and torch.equal(row[64:], prow[: row.shape[0] - 64]) for pt, prow in plain_rows)
 
 
 # --- built-ins --------------------------------------------------------------------------------------
 
+
 def test_pad_prompt_option_leaves_ella_unpadded():
     status, options = call("/sdapi/v1/options")
     if "pad_cond_uncond" not in options:
         pytest.skip("this WebUI has no 'Pad prompt/negative prompt' option (Forge Classic)")
-    status, body = txt2img(negative_prompt="blurry", steps=STEPS, override_settings={"pad_cond_uncond": True},
-                           alwayson_scripts=ella(negative="clip"))
+    status, body = txt2img(
+        negative_prompt="blurry",
+        steps=STEPS,
+        override_settings={"pad_cond_uncond": True},
+        alwayson_scripts=ella(negative="clip"),
+    )
     assert status == 200, body
     calls = recorded()
     cond = [c for c in calls if c["context"].shape[1] == 64]
@@ -474,8 +608,13 @@ def test_pad_prompt_option_leaves_ella_unpadded():
 
 
 def test_prompts_from_file_each_line_gets_ella():
-    status, body = txt2img(prompt="", steps=STEPS, script_name="prompts from file or textbox",
-                           script_args=[False, False, "start", "a red cube\na blue sphere"], alwayson_scripts=ella())
+    status, body = txt2img(
+        prompt="",
+        steps=STEPS,
+        script_name="prompts from file or textbox",
+        script_args=[False, False, "start", "a red cube\na blue sphere"],
+        alwayson_scripts=ella(),
+    )
     assert status == 200, body
     # each line is put before the (empty) main prompt with a space, as the script does
     rows = [positive(r) for r in ella_rows(recorded(), ["a red cube ", "a blue sphere ", ""])]
@@ -488,10 +627,21 @@ def test_prompts_from_file_each_line_gets_ella():
 def test_inpaint_only_masked_gets_ella():
     image = image_bytes()
     mask = gray_png([[255 if 16 <= x < 48 and 16 <= y < 48 else 0 for x in range(64)] for y in range(64)])
-    status, body = call("/sdapi/v1/img2img", {
-        "init_images": [image], "mask": base64.b64encode(mask).decode(), "inpaint_full_res": True,
-        "inpaint_full_res_padding": 8, "prompt": "a red cube", "steps": STEPS, "width": 64, "height": 64,
-        "denoising_strength": 0.75, "alwayson_scripts": ella()})
+    status, body = call(
+        "/sdapi/v1/img2img",
+        {
+            "init_images": [image],
+            "mask": base64.b64encode(mask).decode(),
+            "inpaint_full_res": True,
+            "inpaint_full_res_padding": 8,
+            "prompt": "a red cube",
+            "steps": STEPS,
+            "width": 64,
+            "height": 64,
+            "denoising_strength": 0.75,
+            "alwayson_scripts": ella(),
+        },
+    )
     assert status == 200, body
     rows = ella_rows(recorded(), ["a red cube", ""])
     assert rows and all(positive(r) == "a red cube" for r in rows), rows
@@ -507,10 +657,20 @@ def sd_upscale_args():
 
 
 def test_sd_upscale_gets_ella():
-    status, body = call("/sdapi/v1/img2img", {
-        "init_images": [image_bytes()], "prompt": "a red cube", "steps": STEPS, "width": 64, "height": 64,
-        "denoising_strength": 0.5, "script_name": "sd upscale", "script_args": sd_upscale_args(),
-        "alwayson_scripts": ella()})
+    status, body = call(
+        "/sdapi/v1/img2img",
+        {
+            "init_images": [image_bytes()],
+            "prompt": "a red cube",
+            "steps": STEPS,
+            "width": 64,
+            "height": 64,
+            "denoising_strength": 0.5,
+            "script_name": "sd upscale",
+            "script_args": sd_upscale_args(),
+            "alwayson_scripts": ella(),
+        },
+    )
     assert status == 200, body
     rows = ella_rows(recorded(), ["a red cube", ""])
     assert rows and all(positive(r) == "a red cube" for r in rows), rows
@@ -543,7 +703,9 @@ FORGE_BUILTINS = {
 def test_forge_builtins_get_ella(title):
     require(title)
     # 128x128: at 64x64 the middle block is one token (PAG/SAG do nothing, FreeU divides by zero)
-    status, body = txt2img(steps=STEPS, width=128, height=128, alwayson_scripts=ella() | {title: {"args": FORGE_BUILTINS[title]}})
+    status, body = txt2img(
+        steps=STEPS, width=128, height=128, alwayson_scripts=ella() | {title: {"args": FORGE_BUILTINS[title]}}
+    )
     assert status == 200, body
     rows = ella_rows(recorded(), ["a red cube on a glossy table", ""])
     assert rows and all(None not in r for r in rows), rows  # extra guidance calls (SAG, PAG) get ELLA's rows too
@@ -564,8 +726,15 @@ def test_emphasis_reaches_ella_conditioning():
     assert "ELLA emphasis ignored" not in info(body)["infotexts"][0]
     reference("", 0)  # loads the models
     encoder, tsc = _REF["models"]
-    prompts = PromptEncoder(lambda: encoder, "live", LRUCache(), BuiltinPromptSyntax(), fixed_length=None,
-                            truncate_at=128, emphasis="original")
+    prompts = PromptEncoder(
+        lambda: encoder,
+        "live",
+        LRUCache(),
+        BuiltinPromptSyntax(),
+        fixed_length=None,
+        truncate_at=128,
+        emphasis="original",
+    )
     encoded = prompts.encode(prompt)
     assert encoded.weighted
     differs = 0

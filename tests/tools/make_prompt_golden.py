@@ -5,6 +5,7 @@
 Needs `lark` (the WebUI's parser dependency). The recorded outputs are data: CI checks ELLA's own
 parser against them without a WebUI.
 """
+
 import gzip
 import importlib.util
 import json
@@ -34,7 +35,9 @@ def record(pp, prompts):
         idx, flat, _ = pp.get_multicond_prompt_list([prompt])
         entry["and"] = [[flat[i], w] for i, w in idx[0]]
         for steps, hires, old in prompt_cases.STEP_SETTINGS:
-            entry["schedules"].append([steps, hires, old, pp.get_learned_conditioning_prompt_schedules([prompt], steps, hires, old)[0]])
+            entry["schedules"].append(
+                [steps, hires, old, pp.get_learned_conditioning_prompt_schedules([prompt], steps, hires, old)[0]]
+            )
         cases.append(entry)
     return cases
 
@@ -43,5 +46,13 @@ if __name__ == "__main__":
     pp = load_webui_parser(os.environ["ELLA_WEBUI_SRC"])
     prompts = prompt_cases.decorated_prompts(300, seed=1)
     out = HERE.parent / "data" / "prompt_golden.json.gz"
-    out.write_bytes(gzip.compress(json.dumps({"source": os.environ.get("ELLA_WEBUI_LABEL", "webui"), "cases": record(pp, prompts)}, separators=(",", ":")).encode(), mtime=0))
+    out.write_bytes(
+        gzip.compress(
+            json.dumps(
+                {"source": os.environ.get("ELLA_WEBUI_LABEL", "webui"), "cases": record(pp, prompts)},
+                separators=(",", ":"),
+            ).encode(),
+            mtime=0,
+        )
+    )
     print(f"wrote {out}")

@@ -6,6 +6,7 @@ ELLA still gets a fast tokenizer (and so emphasis) from such a folder. Run with 
 
     .venv/bin/python tests/tools/make_tokenizer_fixture.py
 """
+
 import gzip
 import json
 import shutil

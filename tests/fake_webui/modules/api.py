@@ -1,5 +1,6 @@
 """/sdapi/v1/txt2img and img2img: alwayson_scripts mapping (Api.init_script_args) and error responses
 (api_middleware's handle_exception: status from vars(e)['status_code'], body with the message)."""
+
 from contextlib import closing
 
 from modules import infotext_utils, processing, scripts
@@ -36,15 +37,24 @@ class Api:
         fields = {k: v for k, v in payload.items() if k not in ("alwayson_scripts", "infotext")}
         try:
             script_args = self.init_script_args(runner, payload)
-            cls = processing.StableDiffusionProcessingImg2Img if img2img else processing.StableDiffusionProcessingTxt2Img
+            cls = (
+                processing.StableDiffusionProcessingImg2Img if img2img else processing.StableDiffusionProcessingTxt2Img
+            )
             with closing(cls(**fields, sd_model=sd_model, is_api=True, scripts=runner, script_args=script_args)) as p:
                 self.last_p = p
                 processed = processing.process_images(p)
-            return 200, {"images": processed.images, "info": processed.info, "infotexts": processed.infotexts,
-                         "comments": processed.comments}
+            return 200, {
+                "images": processed.images,
+                "info": processed.info,
+                "infotexts": processed.infotexts,
+                "comments": processed.comments,
+            }
         except Exception as e:
             return vars(e).get("status_code", 500), {
-                "error": type(e).__name__, "detail": vars(e).get("detail", ""), "errors": str(e)}
+                "error": type(e).__name__,
+                "detail": vars(e).get("detail", ""),
+                "errors": str(e),
+            }
 
     def txt2img(self, payload, sd_model=None):
         return self.run(payload, False, sd_model)

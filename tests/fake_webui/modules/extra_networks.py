@@ -10,6 +10,7 @@
 `FakeLora` stands in for the built-in Lora extension: it records what each activation asked for (name and
 text-encoder/U-Net multipliers, the Lora extension's reading of `<lora:name:te[:unet]>`).
 """
+
 import re
 from collections import defaultdict
 
@@ -106,8 +107,14 @@ def activate(p, extra_network_data):
             except Exception:
                 errors.report(f"activating extra network {network.name}", exc_info=True)
     if p.scripts is not None:
-        p.scripts.after_extra_networks_activate(p, batch_number=p.iteration, prompts=p.prompts, seeds=p.seeds,
-                                                subseeds=p.seeds, extra_network_data=extra_network_data)
+        p.scripts.after_extra_networks_activate(
+            p,
+            batch_number=p.iteration,
+            prompts=p.prompts,
+            seeds=p.seeds,
+            subseeds=p.seeds,
+            extra_network_data=extra_network_data,
+        )
 
 
 def deactivate(p, extra_network_data):

@@ -2,6 +2,7 @@
 
 Each flag is one difference read in that WebUI's source and seen on a running one (docs/webui_facts.md).
 """
+
 from dataclasses import dataclass
 
 
@@ -24,14 +25,42 @@ class FakeBackend:
     timestep_samplers_pass_t: bool = False
 
 
-A1111 = FakeBackend("a1111", expands_rows=True, unet_via_wrapper=True, pads_after_callback=True,
-                    skips_uncond_at_cfg_1=False, repeats_hires_hook=False, timestep_source="sigma_to_t",
-                    timestep_samplers_pass_t=True)
-FORGE = FakeBackend("forge", expands_rows=False, unet_via_wrapper=False, pads_after_callback=False,
-                    skips_uncond_at_cfg_1=True, repeats_hires_hook=True, timestep_source="predictor")
-REFORGE = FakeBackend("reforge", expands_rows=False, unet_via_wrapper=False, pads_after_callback=False,
-                      skips_uncond_at_cfg_1=False, repeats_hires_hook=False, timestep_source="model_sampling")
+A1111 = FakeBackend(
+    "a1111",
+    expands_rows=True,
+    unet_via_wrapper=True,
+    pads_after_callback=True,
+    skips_uncond_at_cfg_1=False,
+    repeats_hires_hook=False,
+    timestep_source="sigma_to_t",
+    timestep_samplers_pass_t=True,
+)
+FORGE = FakeBackend(
+    "forge",
+    expands_rows=False,
+    unet_via_wrapper=False,
+    pads_after_callback=False,
+    skips_uncond_at_cfg_1=True,
+    repeats_hires_hook=True,
+    timestep_source="predictor",
+)
+REFORGE = FakeBackend(
+    "reforge",
+    expands_rows=False,
+    unet_via_wrapper=False,
+    pads_after_callback=False,
+    skips_uncond_at_cfg_1=False,
+    repeats_hires_hook=False,
+    timestep_source="model_sampling",
+)
 # Forge Classic samples like reForge; its callback API differs (tests/test_backends.py)
-FORGE_CLASSIC = FakeBackend("forge-classic", expands_rows=False, unet_via_wrapper=False, pads_after_callback=False,
-                            skips_uncond_at_cfg_1=False, repeats_hires_hook=False, timestep_source="model_sampling")
+FORGE_CLASSIC = FakeBackend(
+    "forge-classic",
+    expands_rows=False,
+    unet_via_wrapper=False,
+    pads_after_callback=False,
+    skips_uncond_at_cfg_1=False,
+    repeats_hires_hook=False,
+    timestep_source="model_sampling",
+)
 BY_NAME = {b.name: b for b in (A1111, FORGE, REFORGE, FORGE_CLASSIC)}

@@ -1,4 +1,5 @@
 """Generation-parameter text: written like create_infotext, parsed and pasted like connect_paste."""
+
 import json
 import re
 

@@ -1,8 +1,8 @@
 """process_images with the WebUI's hook order (A1111 1.10 processing.py; Forge/reForge deltas noted)."""
+
 from contextlib import closing  # noqa: F401 - callers use it as the WebUI does
 
 import torch
-
 from modules import devices, extra_networks, infotext_utils, prompt_parser, sd_samplers, shared
 
 
@@ -10,9 +10,24 @@ class StableDiffusionProcessing:
     cached_c = [None, None]  # class-level, shared by all jobs, as in the WebUI
     cached_uc = [None, None]
 
-    def __init__(self, prompt="", negative_prompt="", steps=4, batch_size=1, n_iter=1, cfg_scale=7.0,
-                 sampler_name="Euler", seed=1, width=64, height=64, styles=None, sd_model=None, is_api=False,
-                 scripts=None, script_args=None):
+    def __init__(
+        self,
+        prompt="",
+        negative_prompt="",
+        steps=4,
+        batch_size=1,
+        n_iter=1,
+        cfg_scale=7.0,
+        sampler_name="Euler",
+        seed=1,
+        width=64,
+        height=64,
+        styles=None,
+        sd_model=None,
+        is_api=False,
+        scripts=None,
+        script_args=None,
+    ):
         self.prompt = prompt
         self.negative_prompt = negative_prompt
         self.steps = steps
@@ -56,8 +71,9 @@ class StableDiffusionProcessing:
         if cache[0] == key:
             return cache[1]
         with devices.autocast():
-            cache[1] = function(self.sd_model, prompt_parser.SdConditioning(prompts), steps, hires_steps,
-                                shared.opts.use_old_scheduling)
+            cache[1] = function(
+                self.sd_model, prompt_parser.SdConditioning(prompts), steps, hires_steps, shared.opts.use_old_scheduling
+            )
         cache[0] = key
         return cache[1]
 
@@ -67,8 +83,12 @@ class StableDiffusionProcessing:
         if shared.backend.skips_uncond_at_cfg_1 and self.cfg_scale == 1:
             self.uc = None
         else:
-            self.uc = self._conds(prompt_parser.get_learned_conditioning, self.negative_prompts, self.firstpass_steps, self.cached_uc)
-        self.c = self._conds(prompt_parser.get_multicond_learned_conditioning, self.prompts, self.firstpass_steps, self.cached_c)
+            self.uc = self._conds(
+                prompt_parser.get_learned_conditioning, self.negative_prompts, self.firstpass_steps, self.cached_uc
+            )
+        self.c = self._conds(
+            prompt_parser.get_multicond_learned_conditioning, self.prompts, self.firstpass_steps, self.cached_c
+        )
 
     def init(self):
         pass
@@ -87,8 +107,18 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     cached_hr_c = [None, None]
     cached_hr_uc = [None, None]
 
-    def __init__(self, enable_hr=False, hr_scale=2.0, hr_second_pass_steps=0, hr_prompt="", hr_negative_prompt="",
-                 hr_sampler_name=None, denoising_strength=0.5, hr_cfg=1.0, **kwargs):
+    def __init__(
+        self,
+        enable_hr=False,
+        hr_scale=2.0,
+        hr_second_pass_steps=0,
+        hr_prompt="",
+        hr_negative_prompt="",
+        hr_sampler_name=None,
+        denoising_strength=0.5,
+        hr_cfg=1.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.enable_hr = enable_hr
         self.hr_second_pass_steps = hr_second_pass_steps
@@ -124,14 +154,28 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         if shared.backend.skips_uncond_at_cfg_1 and self.hr_cfg == 1:
             self.hr_uc = None
         else:
-            self.hr_uc = self._conds(prompt_parser.get_learned_conditioning, self.hr_negative_prompts, self.firstpass_steps, self.cached_hr_uc, total)
-        self.hr_c = self._conds(prompt_parser.get_multicond_learned_conditioning, self.hr_prompts, self.firstpass_steps, self.cached_hr_c, total)
+            self.hr_uc = self._conds(
+                prompt_parser.get_learned_conditioning,
+                self.hr_negative_prompts,
+                self.firstpass_steps,
+                self.cached_hr_uc,
+                total,
+            )
+        self.hr_c = self._conds(
+            prompt_parser.get_multicond_learned_conditioning,
+            self.hr_prompts,
+            self.firstpass_steps,
+            self.cached_hr_c,
+            total,
+        )
 
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
         x = self.noise((4, self.height // 8, self.width // 8))
         if self.scripts is not None:
-            self.scripts.process_before_every_sampling(self, x=x, noise=x, c=conditioning, uc=unconditional_conditioning)
+            self.scripts.process_before_every_sampling(
+                self, x=x, noise=x, c=conditioning, uc=unconditional_conditioning
+            )
         samples = self.sampler.sample(self, x, conditioning, unconditional_conditioning, self.steps, self.cfg_scale)
         if not self.enable_hr or shared.state.interrupted:
             return samples
@@ -165,11 +209,19 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
 
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
-        x = self.init_latent if self.init_latent is not None else torch.zeros(len(self.seeds), 4, self.height // 8, self.width // 8)
+        x = (
+            self.init_latent
+            if self.init_latent is not None
+            else torch.zeros(len(self.seeds), 4, self.height // 8, self.width // 8)
+        )
         noise = self.noise(tuple(x.shape[1:]))
         if self.scripts is not None:
-            self.scripts.process_before_every_sampling(self, x=x, noise=noise, c=conditioning, uc=unconditional_conditioning)
-        return self.sampler.sample_img2img(self, x, noise, conditioning, unconditional_conditioning, self.steps, self.cfg_scale)
+            self.scripts.process_before_every_sampling(
+                self, x=x, noise=noise, c=conditioning, uc=unconditional_conditioning
+            )
+        return self.sampler.sample_img2img(
+            self, x, noise, conditioning, unconditional_conditioning, self.steps, self.cfg_scale
+        )
 
 
 class Processed:
@@ -181,11 +233,21 @@ class Processed:
 
 
 def create_infotext(p, index):
-    params = {"Steps": p.steps, "Sampler": p.sampler_name, "CFG scale": p.cfg_scale, "Seed": p.all_seeds[index],
-              "Size": f"{p.width}x{p.height}", "Model": p.sd_model.sd_checkpoint_info.name}
+    params = {
+        "Steps": p.steps,
+        "Sampler": p.sampler_name,
+        "CFG scale": p.cfg_scale,
+        "Seed": p.all_seeds[index],
+        "Size": f"{p.width}x{p.height}",
+        "Model": p.sd_model.sd_checkpoint_info.name,
+    }
     # as the WebUI's create_infotext: a list holds one value per image, a callable is asked
-    params.update({k: v[index] if isinstance(v, list) else v(p=p, index=index) if callable(v) else v
-                   for k, v in p.extra_generation_params.items()})
+    params.update(
+        {
+            k: v[index] if isinstance(v, list) else v(p=p, index=index) if callable(v) else v
+            for k, v in p.extra_generation_params.items()
+        }
+    )
     return infotext_utils.create_infotext(p.all_prompts[index], p.all_negative_prompts[index], params)
 
 
@@ -219,8 +281,14 @@ def process_images_inner(p):
         if p.scripts is not None:
             p.scripts.process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.seeds)
         p.setup_conds()
-        samples = p.sample(conditioning=p.c, unconditional_conditioning=p.uc, seeds=p.seeds, subseeds=p.seeds,
-                           subseed_strength=0, prompts=p.prompts)
+        samples = p.sample(
+            conditioning=p.c,
+            unconditional_conditioning=p.uc,
+            seeds=p.seeds,
+            subseeds=p.seeds,
+            subseed_strength=0,
+            prompts=p.prompts,
+        )
         if p.scripts is not None:
             p.scripts.postprocess_batch(p, samples, batch_number=n)
         for i in range(samples.shape[0]):

@@ -1,6 +1,7 @@
 """The WebUI's prompt_parser API. Parsing delegates to ella_ext's built-in parser (whose parity with
 the real lark grammar is tested in tests/test_prompt_syntax.py); the conditioning data structures
 and their step lookup follow the WebUI's semantics."""
+
 from collections import namedtuple
 
 import torch
@@ -17,7 +18,10 @@ class SdConditioning(list):
 
 
 def get_learned_conditioning_prompt_schedules(prompts, base_steps, hires_steps=None, use_old_scheduling=False):
-    return [[[end, text] for end, text in _ps.prompt_schedule(p, base_steps, hires_steps, use_old_scheduling)] for p in prompts]
+    return [
+        [[end, text] for end, text in _ps.prompt_schedule(p, base_steps, hires_steps, use_old_scheduling)]
+        for p in prompts
+    ]
 
 
 def parse_prompt_attention(text):

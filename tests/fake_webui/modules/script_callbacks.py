@@ -1,4 +1,5 @@
 """Callback registry. As in the WebUI, each callback runs inside `except Exception`: errors are logged, not raised."""
+
 from modules import errors
 
 callbacks_cfg_denoiser = []
@@ -10,7 +11,9 @@ callbacks_app_started = []
 
 
 class CFGDenoiserParams:
-    def __init__(self, x, image_cond, sigma, sampling_step, total_sampling_steps, text_cond, text_uncond, denoiser=None):
+    def __init__(
+        self, x, image_cond, sigma, sampling_step, total_sampling_steps, text_cond, text_uncond, denoiser=None
+    ):
         self.x = x
         self.image_cond = image_cond
         self.sigma = sigma
@@ -74,6 +77,12 @@ def script_unloaded_callback():
 
 
 def clear():
-    for lst in (callbacks_cfg_denoiser, callbacks_ui_settings, callbacks_script_unloaded, callbacks_infotext_pasted,
-                callbacks_before_ui, callbacks_app_started):
+    for lst in (
+        callbacks_cfg_denoiser,
+        callbacks_ui_settings,
+        callbacks_script_unloaded,
+        callbacks_infotext_pasted,
+        callbacks_before_ui,
+        callbacks_app_started,
+    ):
         lst.clear()

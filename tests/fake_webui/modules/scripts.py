@@ -1,4 +1,5 @@
 """Script base class and a ScriptRunner that slices script_args and swallows hook exceptions like the WebUI's."""
+
 import sys
 
 from modules import errors
@@ -31,16 +32,35 @@ class Script:
         return f"script_{tab}_{self.title().lower().replace(' ', '_')}_{item_id}"
 
     # hooks with the WebUI's signatures
-    def setup(self, p, *args): pass
-    def before_process(self, p, *args): pass
-    def process(self, p, *args): pass
-    def before_process_batch(self, p, *args, **kwargs): pass
-    def after_extra_networks_activate(self, p, *args, **kwargs): pass
-    def process_batch(self, p, *args, **kwargs): pass
-    def process_before_every_sampling(self, p, *args, **kwargs): pass
-    def before_hr(self, p, *args): pass
-    def postprocess_batch(self, p, *args, **kwargs): pass
-    def postprocess(self, p, processed, *args): pass
+    def setup(self, p, *args):
+        pass
+
+    def before_process(self, p, *args):
+        pass
+
+    def process(self, p, *args):
+        pass
+
+    def before_process_batch(self, p, *args, **kwargs):
+        pass
+
+    def after_extra_networks_activate(self, p, *args, **kwargs):
+        pass
+
+    def process_batch(self, p, *args, **kwargs):
+        pass
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        pass
+
+    def before_hr(self, p, *args):
+        pass
+
+    def postprocess_batch(self, p, *args, **kwargs):
+        pass
+
+    def postprocess(self, p, processed, *args):
+        pass
 
 
 class ScriptRunner:
@@ -66,24 +86,39 @@ class ScriptRunner:
     def _each(self, method, p, *extra, **kwargs):
         for script in self.alwayson_scripts:
             try:
-                args = p.script_args[script.args_from:script.args_to]
+                args = p.script_args[script.args_from : script.args_to]
                 getattr(script, method)(p, *extra, *args, **kwargs)
             except Exception:
                 errors.report(f"Error running {method}: {script.title()}", exc_info=True)
 
-    def before_process(self, p): self._each("before_process", p)
-    def process(self, p): self._each("process", p)
-    def before_process_batch(self, p, **kw): self._each("before_process_batch", p, **kw)
-    def after_extra_networks_activate(self, p, **kw): self._each("after_extra_networks_activate", p, **kw)
-    def process_batch(self, p, **kw): self._each("process_batch", p, **kw)
-    def process_before_every_sampling(self, p, **kw): self._each("process_before_every_sampling", p, **kw)
-    def before_hr(self, p): self._each("before_hr", p)
-    def postprocess_batch(self, p, images, **kw): self._each("postprocess_batch", p, images=images, **kw)
+    def before_process(self, p):
+        self._each("before_process", p)
+
+    def process(self, p):
+        self._each("process", p)
+
+    def before_process_batch(self, p, **kw):
+        self._each("before_process_batch", p, **kw)
+
+    def after_extra_networks_activate(self, p, **kw):
+        self._each("after_extra_networks_activate", p, **kw)
+
+    def process_batch(self, p, **kw):
+        self._each("process_batch", p, **kw)
+
+    def process_before_every_sampling(self, p, **kw):
+        self._each("process_before_every_sampling", p, **kw)
+
+    def before_hr(self, p):
+        self._each("before_hr", p)
+
+    def postprocess_batch(self, p, images, **kw):
+        self._each("postprocess_batch", p, images=images, **kw)
 
     def postprocess(self, p, processed):
         for script in self.alwayson_scripts:
             try:
-                args = p.script_args[script.args_from:script.args_to]
+                args = p.script_args[script.args_from : script.args_to]
                 script.postprocess(p, processed, *args)
             except Exception:
                 errors.report(f"Error running postprocess: {script.title()}", exc_info=True)

@@ -7,10 +7,10 @@ What each backend hands the cfg-denoiser callback and what its U-Net then receiv
   index (Forge predictor.timestep, reForge model_sampling.timestep). reForge's k-diffusion wrapper
   has an interpolating sigma_to_t that the U-Net does NOT use. Forge drops uncond when it is None.
 """
+
 from types import SimpleNamespace
 
 import torch
-
 from modules import prompt_parser, shared
 from modules.script_callbacks import CFGDenoiserParams, cfg_denoiser_callback
 from modules.sd_samplers_common import InterruptedException
@@ -123,21 +123,24 @@ class CFGDenoiser:
         model = self.p.sd_model
         conds_list, tensor = prompt_parser.reconstruct_multicond_batch(cond, self.step)
         uncond_t = prompt_parser.reconstruct_cond_batch(uncond, self.step) if uncond is not None else None
-        batch = x.shape[0]
         repeats = [len(c) for c in conds_list]
         if shared.backend.expands_rows:
             x_in = torch.cat([torch.stack([x[i]] * n) for i, n in enumerate(repeats)] + [x])
             sigma_in = torch.cat([torch.stack([sigma[i]] * n) for i, n in enumerate(repeats)] + [sigma])
-            params = CFGDenoiserParams(x_in, None, sigma_in, state.sampling_step, state.sampling_steps, tensor, uncond_t, self)
+            params = CFGDenoiserParams(
+                x_in, None, sigma_in, state.sampling_step, state.sampling_steps, tensor, uncond_t, self
+            )
         else:
-            params = CFGDenoiserParams(x, None, sigma, state.sampling_step, state.sampling_steps, tensor, uncond_t, self)
+            params = CFGDenoiserParams(
+                x, None, sigma, state.sampling_step, state.sampling_steps, tensor, uncond_t, self
+            )
         cfg_denoiser_callback(params)
         tensor, uncond_t = params.text_cond, params.text_uncond
 
         row_image = [i for i, n in enumerate(repeats) for _ in range(n)]
         if shared.backend.expands_rows:
             t_all = self.unet_t(params.sigma)
-            t_cond, t_unc = t_all[: len(row_image)], t_all[len(row_image):]
+            t_cond, t_unc = t_all[: len(row_image)], t_all[len(row_image) :]
         else:
             t_img = self.unet_t(params.sigma)
             t_cond, t_unc = t_img[row_image], t_img
@@ -151,7 +154,7 @@ class CFGDenoiser:
         if shared.backend.unet_via_wrapper:
             # A1111 calls its k-diffusion wrapper with x and sigma per row; the wrapper finds t (extensions
             # such as AnimateDiff replace the wrapper's forward)
-            s_cond, s_unc = params.sigma[: len(row_image)], params.sigma[len(row_image):]
+            s_cond, s_unc = params.sigma[: len(row_image)], params.sigma[len(row_image) :]
 
             def unet(x_in, sigma_in, t_in, context):
                 return self.inner_model(x_in, sigma_in, cond={"c_crossattn": [context]})
@@ -160,10 +163,15 @@ class CFGDenoiser:
 
             def unet(x_in, sigma_in, t_in, context):
                 return model.apply_model(x_in, t_in, context)
+
         if uncond_t is not None and tensor.shape[1] == uncond_t.shape[1]:
-            out = unet(torch.cat([x_cond, x]), torch.cat([s_cond, s_unc]) if s_cond is not None else None,
-                       torch.cat([t_cond, t_unc]), torch.cat([tensor, uncond_t]))
-            cond_out, unc_out = out[: len(row_image)], out[len(row_image):]
+            out = unet(
+                torch.cat([x_cond, x]),
+                torch.cat([s_cond, s_unc]) if s_cond is not None else None,
+                torch.cat([t_cond, t_unc]),
+                torch.cat([tensor, uncond_t]),
+            )
+            cond_out, unc_out = out[: len(row_image)], out[len(row_image) :]
         else:
             cond_out = unet(x_cond, s_cond, t_cond, tensor)
             unc_out = unet(x, s_unc, t_unc, uncond_t) if uncond_t is not None else None
@@ -216,7 +224,7 @@ class Sampler:
     def sample_img2img(self, p, x, noise, c, uc, steps, cond_scale):
         sched, real = self._schedule(steps)
         t_enc = max(1, int(min(p.denoising_strength, 0.999) * steps))
-        sched, real = sched[steps - t_enc:], real[steps - t_enc:]
+        sched, real = sched[steps - t_enc :], real[steps - t_enc :]
         return self._run(p, x + noise * real[0], c, uc, sched, real, cond_scale)
 
 

@@ -1,9 +1,12 @@
 """shared: opts (with add_option), cmd_opts, state, sd_model."""
+
 from types import SimpleNamespace
 
 
 class OptionInfo:
-    def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None, **kwargs):
+    def __init__(
+        self, default=None, label="", component=None, component_args=None, onchange=None, section=None, **kwargs
+    ):
         self.default = default
         self.label = label
         self.component = component
@@ -38,8 +41,14 @@ class Options:
 
 opts = Options()
 for _key, _value in {
-    "use_old_scheduling": False, "skip_early_cond": 0.0, "s_min_uncond_all": False, "persistent_cond_cache": True,
-    "enable_quantization": False, "pad_cond_uncond": False, "pad_cond_uncond_v0": False, "batch_cond_uncond": True,
+    "use_old_scheduling": False,
+    "skip_early_cond": 0.0,
+    "s_min_uncond_all": False,
+    "persistent_cond_cache": True,
+    "enable_quantization": False,
+    "pad_cond_uncond": False,
+    "pad_cond_uncond_v0": False,
+    "batch_cond_uncond": True,
 }.items():
     opts.data[_key] = _value
 

@@ -1,6 +1,7 @@
 """The WebUI's prompt token counter function (A1111 1.10 modules/ui.py update_token_counter): extra networks
 removed, AND sub-prompts and each step's text counted, the longest shown as '<count>/<chunk capacity>'. The
 fake CLIP's tokens are the words and punctuation of the text (emphasis parsed out), 75 to a chunk."""
+
 import re
 
 from modules import extra_networks, prompt_parser

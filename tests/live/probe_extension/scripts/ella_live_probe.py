@@ -21,7 +21,6 @@ With Forge Couple (Forge), the keys its attention patch hands each region are re
 import gc
 
 import torch
-
 from modules import script_callbacks, scripts
 
 RECORDS = []
@@ -53,11 +52,16 @@ def _record(kind):
         if t is None and len(args) > (1 if kind == "unet" else 2):
             t = args[1] if kind == "unet" else args[2]
         if isinstance(context, torch.Tensor):
-            RECORDS.append({
-                "module": kind,
-                "t": t.detach().float().cpu().reshape(-1) if isinstance(t, torch.Tensor) else torch.tensor([float("nan")]),
-                "context": context.detach().float().cpu().clone(),
-            })
+            RECORDS.append(
+                {
+                    "module": kind,
+                    "t": t.detach().float().cpu().reshape(-1)
+                    if isinstance(t, torch.Tensor)
+                    else torch.tensor([float("nan")]),
+                    "context": context.detach().float().cpu().clone(),
+                }
+            )
+
     return hook
 
 
@@ -106,15 +110,22 @@ def hook_regional_prompter(p):
         out = original(module, x, context, *args, **kwargs)
         if FIRST_LAYER.setdefault("module", module) is module:
             if not any(r["module"] == "rp_weights" for r in RECORDS):
-                RECORDS.append({"module": "rp_weights", "heads": module.heads,
-                                **{k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}})
-            RECORDS.append({
-                "module": "rp_region",
-                "unet_call": sum(r["module"] == "unet" for r in RECORDS) - 1,
-                "context": context.detach().float().cpu().clone(),
-                "x": x.detach().float().cpu().clone(),
-                "out": out.detach().float().cpu().clone(),
-            })
+                RECORDS.append(
+                    {
+                        "module": "rp_weights",
+                        "heads": module.heads,
+                        **{k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()},
+                    }
+                )
+            RECORDS.append(
+                {
+                    "module": "rp_region",
+                    "unet_call": sum(r["module"] == "unet" for r in RECORDS) - 1,
+                    "context": context.detach().float().cpu().clone(),
+                    "x": x.detach().float().cpu().clone(),
+                    "out": out.detach().float().cpu().clone(),
+                }
+            )
         return out
 
     main_forward.probe = True
@@ -136,8 +147,14 @@ def hook_forge_couple(p):
             qs, ks, vs = _patch(q, k, v, extra_options)
             call = sum(r["module"] == "unet" for r in RECORDS) - 1
             if not any(r["module"] == "couple_keys" and r["unet_call"] == call for r in RECORDS):
-                RECORDS.append({"module": "couple_keys", "unet_call": call, "keys": ks.detach().float().cpu().clone(),
-                                "cond_or_uncond": list(extra_options.get("cond_or_uncond", []))})
+                RECORDS.append(
+                    {
+                        "module": "couple_keys",
+                        "unet_call": call,
+                        "keys": ks.detach().float().cpu().clone(),
+                        "cond_or_uncond": list(extra_options.get("cond_or_uncond", [])),
+                    }
+                )
             return qs, ks, vs
 
         recorded.probe = True
