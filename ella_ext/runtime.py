@@ -25,6 +25,7 @@ from .download_status import human_size
 from .errors import ELLAError, ModelPathError
 from .file_hashes import file_key, file_sha256, sha256_known
 from .lru_cache import LRUCache
+from .memory_hooks import MemoryHooks
 from .prompt_encoding import PromptEncoder
 from .prompt_syntax import PromptSyntax
 from .settings import Residency, Settings
@@ -44,28 +45,6 @@ def _dtype_name(dtype) -> str:
 
 def _device_name(device: torch.device) -> str:
     return "the GPU" if device.type == "cuda" else "CPU memory" if device.type == "cpu" else str(device)
-
-
-class MemoryHooks:
-    """How the host manages device memory. The default suits plain PyTorch; backends override."""
-
-    def compute_device(self) -> torch.device:
-        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-    def tsc_dtype(self, device: torch.device) -> torch.dtype:
-        return torch.float16 if device.type == "cuda" else torch.float32
-
-    def make_room(self, nbytes: int, device: torch.device) -> None:
-        """Called before `nbytes` of model weights move to `device`."""
-
-    def empty_cache(self) -> None:
-        """Give memory freed by dropping tensors back to the device (after T5 moves off it or is unloaded)."""
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    def force_offload(self) -> bool:
-        """True where the host runs in a low-memory mode and T5 must never wait on the GPU."""
-        return False
 
 
 @dataclass

@@ -52,7 +52,7 @@ def _register(category, callback, name=None):
 
 _register("cfg_denoiser", EXTENSION.cfg_denoiser, name="ella")
 _register("ui_settings", register_settings)
-_register("script_unloaded", EXTENSION.runtime.unload_all)
+_register("script_unloaded", EXTENSION.unload_all)
 _register("app_started", EXTENSION.register_api)
 # The XYZ plot (a built-in script, loaded before extensions) builds its axis list in its ui(), which
 # API-only WebUIs run before on_before_ui: add the axes now, and again (idempotent) before the UI.

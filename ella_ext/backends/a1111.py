@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..runtime import MemoryHooks
+from ..memory_hooks import MemoryHooks
 from .base import Backend
 
 

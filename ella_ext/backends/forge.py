@@ -6,7 +6,7 @@ import importlib
 import importlib.util
 from typing import Any
 
-from ..runtime import MemoryHooks
+from ..memory_hooks import MemoryHooks
 from .a1111 import A1111, WebUIMemory
 from .base import forge_unet_model, unsupported
 

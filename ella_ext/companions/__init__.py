@@ -7,11 +7,10 @@ its fake in tests/fake_extensions.py and its tests.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import IncompatibleExtensionError
 from ..logs import log
-from ..plan import CallResult, DenoiserCall
 from .adetailer import ADetailer
 from .agent_scheduler import AgentScheduler
 from .animatediff import AnimateDiff
@@ -25,6 +24,9 @@ from .prompt_fusion import PromptFusion
 from .regional_prompter import RegionalPrompter
 from .tensorrt import TensorRT
 from .tiled_diffusion import TiledDiffusion
+
+if TYPE_CHECKING:  # the plan module loads with a job, not at WebUI start-up
+    from ..plan import CallResult, DenoiserCall
 
 # the order of adapt_call (finishes run in reverse): ControlNet's markers come off first and go back on last
 COMPANIONS: tuple[Companion, ...] = (

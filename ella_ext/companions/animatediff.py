@@ -13,14 +13,16 @@ AnimateDiff replaces (`Backend.unet_through_inner_forward`).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
 from ..errors import IncompatibleExtensionError
 from ..logs import log
-from ..plan import DenoiserCall
 from .base import Companion, Finish, JobView, field_of, find_script
+
+if TYPE_CHECKING:  # the plan module loads with a job, not at WebUI start-up
+    from ..plan import DenoiserCall
 
 
 def animatediff_params(p: Any) -> Any:

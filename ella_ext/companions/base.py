@@ -8,13 +8,15 @@ extension is not installed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..args import ELLAArgs
-from ..plan import CallResult, DenoiserCall, JobPlan
+
+if TYPE_CHECKING:  # the plan module loads with a job, not at WebUI start-up
+    from ..plan import CallResult, DenoiserCall, JobPlan
 
 # applied to ELLA's result for the call (see `Companion.adapt_call`)
-Finish = Callable[[CallResult], CallResult]
+Finish = Callable[["CallResult"], "CallResult"]
 
 
 @dataclass

@@ -7,12 +7,15 @@ makes its conditioning and puts them back in front of its own tokens, in every m
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import dataclasses
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
-from ..plan import CallResult, DenoiserCall
 from .base import Companion, Finish, JobView
+
+if TYPE_CHECKING:  # the plan module loads with a job, not at WebUI start-up
+    from ..plan import CallResult, DenoiserCall
 
 MAX_MARKER_TOKENS = 4
 
@@ -62,6 +65,6 @@ class ControlNetMarkers(Companion):
         def finish(result: CallResult) -> CallResult:
             cond = with_markers(cond_markers, result.cond) if result.replaced_cond else original_cond
             uncond = with_markers(uncond_markers, result.uncond) if result.replaced_uncond else original_uncond
-            return CallResult(cond, uncond, result.replaced_cond, result.replaced_uncond)
+            return dataclasses.replace(result, cond=cond, uncond=uncond)
 
         return finish

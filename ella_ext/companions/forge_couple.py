@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
 from ..args import Conditioning
 from ..errors import ConditioningError
-from ..plan import DenoiserCall
 from ..prompt_syntax import strip_extra_networks
 from .base import Companion, Finish, JobView, find_script
+
+if TYPE_CHECKING:  # the plan module loads with a job, not at WebUI start-up
+    from ..plan import DenoiserCall
 
 MAPPING_MODULE = "lib_couple.mapping"  # where Forge Couple's mapping functions look up text2cond
 

@@ -8,10 +8,12 @@ it is removed again for the calls ELLA leaves to CLIP, which the user's setting 
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from ..plan import CallResult, DenoiserCall
 from .base import Companion, Finish, JobView
+
+if TYPE_CHECKING:  # the plan module loads with a job, not at WebUI start-up
+    from ..plan import CallResult, DenoiserCall
 
 PADDING_METHODS = ("pad_cond_uncond", "pad_cond_uncond_v0")
 

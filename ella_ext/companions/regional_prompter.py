@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..args import Conditioning, Negative
-from ..plan import RegionLayout
 from .base import Companion, JobView, find_script
 
 
@@ -71,6 +70,8 @@ class RegionalPrompter(Companion):
     def shape_plan(self, job: JobView) -> None:
         """The region layout for a job in RP's Attention mode, with RP cutting units of ELLA's token count until
         `restore`. `check` has refused the settings this cannot serve."""
+        from ..plan import RegionLayout
+
         rp = _active_instance(job.p)
         if rp is None or not _attention_mode(rp):
             return

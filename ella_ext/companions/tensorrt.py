@@ -16,14 +16,16 @@ profile TensorRT picked for this pass (it switches to the hires profile before t
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
 from ..args import Conditioning
 from ..errors import IncompatibleExtensionError
-from ..plan import CallResult, DenoiserCall
 from .base import Companion, Finish, JobView, field_of
+
+if TYPE_CHECKING:  # the plan module loads with a job, not at WebUI start-up
+    from ..plan import CallResult, DenoiserCall
 
 ELLA_TOKENS = 64  # the TSC's output length
 CLIP_CHUNK = 77  # CLIP's tokens per 75-token chunk of prompt

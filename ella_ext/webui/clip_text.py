@@ -11,10 +11,12 @@ activation per pass, with the prompt's tags and the CLIP text's together, as if 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..args import ELLAArgs
-from ..plan import PassSpec
+
+if TYPE_CHECKING:
+    from ..plan import PassSpec
 
 
 @dataclass

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import functools
 import weakref
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from .. import backends, companions
 from ..args import INFO_EMPHASIS_IGNORED, INFO_ORIGINAL_PROMPT, INFO_TRUNCATED, ELLAArgs
-from ..caption_upsampling import UpsamplerConfig, UpsampleResult, config_from_settings, expand_prompt
 from ..discovery import KNOWN_ELLA, KNOWN_T5, ModelRoots, list_ella_models, list_t5_encoders
 from ..errors import ELLAError, UnsupportedModelError
 from ..logs import log, show_on_console
-from ..plan import DenoiserCall, Interrupted, JobPlan, PassSpec, PlanShape
 from ..prompt_syntax import PromptSyntax
 from .clip_text import add_tags_to_batch, add_tags_to_hires, clip_text_conds
 from .job import ELLAAbort, active_job, attach, clear_job, note, own_infotext
@@ -28,6 +26,10 @@ from .progress import ProgressText, interrupted
 from .prompt_parser import prompt_syntax
 from .settings import api_credentials, model_roots, read_settings
 from .xyz import OVERRIDES_ATTR
+
+if TYPE_CHECKING:  # imported where used: the script creates the extension at WebUI start-up, before any job
+    from ..caption_upsampling import UpsamplerConfig, UpsampleResult
+    from ..plan import PassSpec
 
 EXPANSIONS_KEPT = 64
 
@@ -40,24 +42,60 @@ class ELLAExtension:
         syntax: Optional[PromptSyntax] = None,
         roots: Optional[Callable[[], ModelRoots]] = None,
     ):
-        from ..downloads import hub_download
-        from ..model_setup import ModelSetup
-        from ..runtime import ELLARuntime
-        from ..token_count import TokenCounter
-
         show_on_console()  # the WebUIs' default logging shows no INFO lines; ELLA's progress lines are INFO
         self.backend = backend or backends.detect()
-        self.runtime = runtime or ELLARuntime(
-            hooks=self.backend.memory_hooks(), hub_download=hub_download, report=ProgressText()
-        )
+        self._runtime = runtime
         self._syntax = syntax
         self._roots = roots or model_roots
-        self.model_setup = ModelSetup(self.roots)  # the first-run row and the /ella/v1 API
-        self.token_counter = TokenCounter(self.roots, lambda: self.syntax, lambda: self.default_models()["t5"])
+        self._model_setup = None
+        self._token_counter = None
         self._open_jobs: list[weakref.ref] = []  # ELLA jobs between their first sampling and postprocess
         # (prompt, negative, config) -> UpsampleResult of the `expand` argument: the cells of an XYZ plot, a
         # batch count and the next Generate use the same expansion of the same prompt
         self._expansions: dict[tuple, UpsampleResult] = {}
+
+    # made at first use, not at WebUI start-up: each imports the modules a job needs (T5, connector, hub)
+
+    @property
+    def runtime(self):
+        if self._runtime is None:
+            from ..downloads import hub_download
+            from ..runtime import ELLARuntime
+
+            self._runtime = ELLARuntime(
+                hooks=self.backend.memory_hooks(), hub_download=hub_download, report=ProgressText()
+            )
+        return self._runtime
+
+    @runtime.setter
+    def runtime(self, runtime) -> None:
+        self._runtime = runtime
+
+    @property
+    def model_setup(self):
+        """The first-run row and the /ella/v1 API."""
+        if self._model_setup is None:
+            from ..model_setup import ModelSetup
+
+            self._model_setup = ModelSetup(self.roots)
+        return self._model_setup
+
+    @model_setup.setter
+    def model_setup(self, setup) -> None:
+        self._model_setup = setup
+
+    @property
+    def token_counter(self):
+        if self._token_counter is None:
+            from ..token_count import TokenCounter
+
+            self._token_counter = TokenCounter(self.roots, lambda: self.syntax, lambda: self.default_models()["t5"])
+        return self._token_counter
+
+    def unload_all(self) -> None:
+        """script_unloaded: free ELLA's models (nothing to do when no job ran)."""
+        if self._runtime is not None:
+            self._runtime.unload_all()
 
     @property
     def syntax(self) -> PromptSyntax:
@@ -106,16 +144,22 @@ class ELLAExtension:
     def upsampler(self) -> UpsamplerConfig:
         """The LLM endpoint of the settings as they are now (read at every use: no restart after a change)."""
         self.refresh_settings()
+        from ..caption_upsampling import config_from_settings
+
         return config_from_settings(self.runtime.settings)
 
     def expand(self, prompt: str, *, negative: str = "", force: bool = False) -> UpsampleResult:
         """The prompt rewritten by the settings' LLM (the accordion's button, the API, the `expand` argument)."""
+        from ..caption_upsampling import expand_prompt
+
         return expand_prompt(prompt, self.upsampler(), negative=negative, force=force)
 
     def expand_job_prompts(self, p) -> None:
         """The `expand` argument: every distinct prompt of the job (and its hires prompts) rewritten before the
         batches are cut from them, so T5, CLIP and the infotext all see the expanded text, as if the user had
         pressed the button. The originals go to the infotext. An LLM failure raises: the job stops."""
+        from ..caption_upsampling import expand_prompt
+
         config = self.upsampler()
         negative = (getattr(p, "all_negative_prompts", None) or [""])[0]
         texts = list(dict.fromkeys([*p.all_prompts, *(getattr(p, "all_hr_prompts", None) or [])]))
@@ -149,6 +193,8 @@ class ELLAExtension:
     # --- lifecycle ---
 
     def process(self, p, script_args: Sequence[Any]) -> None:
+        from ..plan import JobPlan
+
         companions.restore()  # a job that changed another extension for ELLA may have ended without postprocess
         clear_job(p)
         own_infotext(p)
@@ -214,6 +260,8 @@ class ELLAExtension:
     def before_sampling(self, p) -> None:
         """process_before_every_sampling: the companions check the job and shape its plan; this pass's prompts
         are encoded."""
+        from ..plan import Interrupted, PlanShape
+
         job = active_job(p)
         if job is None or job.error is not None or job.plan is None:
             return
@@ -256,6 +304,8 @@ class ELLAExtension:
             return
         if job.error is not None:
             raise ELLAAbort()
+        from ..plan import DenoiserCall  # the module is loaded once a job has its plan: this is a lookup
+
         try:
             if job.plan is None:
                 raise ELLAError("ELLA was not set up for this job.")
@@ -321,6 +371,8 @@ class ELLAExtension:
 
     def pass_spec(self, p) -> PassSpec:
         from modules import shared
+
+        from ..plan import PassSpec
 
         old = bool(getattr(shared.opts, "use_old_scheduling", False))
         if getattr(p, "is_hr_pass", False):

@@ -15,13 +15,16 @@ from __future__ import annotations
 import traceback
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .. import companions
 from ..args import ELLAArgs, is_ella_info_key
 from ..errors import ELLAError
 from ..logs import log
-from ..plan import JobPlan, PassSpec
+
+if TYPE_CHECKING:
+    from ..plan import JobPlan, PassSpec
+
 
 JOB_ATTR = "_ella_job"
 
