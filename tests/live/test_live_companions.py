@@ -288,6 +288,8 @@ def test_dynamic_prompts_each_image_gets_its_own_prompt():
     assert status == 200, body
     prompts = info(body)["all_prompts"]
     assert len(prompts) == 4
+    # Dynamic Prompts really ran (a WebUI where its settings did not register leaves the template as it is)
+    assert not any("{" in p for p in prompts) and len(set(prompts)) >= 2, prompts
     calls = recorded()
     assert len(calls) == 2 * STEPS
     for batch in range(2):
