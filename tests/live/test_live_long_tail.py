@@ -7,7 +7,16 @@ Each test asserts on what reached the U-Net or the attention (rows, tokens, regi
 import pytest
 import torch
 from test_live_api import ella, info, txt2img
-from test_live_companions import STEPS, close, ella_rows, positive, recorded, reference, require
+from test_live_companions import (  # noqa: F401  (probe: the fixture the tests use)
+    STEPS,
+    close,
+    ella_rows,
+    positive,
+    probe,
+    recorded,
+    reference,
+    require,
+)
 
 pytestmark = pytest.mark.usefixtures("probe")
 
