@@ -184,6 +184,9 @@ def rehook(params):
         _hook(unet_of(shared.sd_model), "unet")
     except AttributeError:
         pass
+    p = getattr(getattr(params, "denoiser", None), "p", None)
+    if p is not None:  # Forge Couple may patch after the probe's own process_before_every_sampling
+        hook_forge_couple(p)
 
 
 script_callbacks.on_app_started(routes)
