@@ -84,3 +84,14 @@ def released(tmp_path_factory, t5_folder) -> dict:
     for f in sorted(t5_folder.iterdir()):
         files[f"{KNOWN_T5}/{f.name}"] = f.read_bytes()
     return files
+
+
+@pytest.fixture
+def hub(released):
+    """tests/hub_server.py serving the released files (the download and model-setup tests)."""
+    from hub_server import HubServer
+
+    with HubServer() as server:
+        for path, data in released.items():
+            server.add(path, data)
+        yield server

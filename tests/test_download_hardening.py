@@ -29,14 +29,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def hub(released):
-    with HubServer() as server:
-        for path, data in released.items():
-            server.add(path, data)
-        yield server
-
-
-@pytest.fixture
 def manager():
     m = DownloadManager(retries=3, retry_delay=0.0, chunk_size=16384)
     yield m

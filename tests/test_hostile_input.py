@@ -144,7 +144,7 @@ import json  # noqa: E402
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
 
-from test_model_setup import empty_webui, hub, serve_app  # noqa: E402, F401  (fixtures)
+from test_model_setup import empty_webui, serve_app  # noqa: E402, F401  (fixtures)
 
 from ella_ext import api  # noqa: E402
 

@@ -18,21 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hub_server import HubServer
 from webui_env import MODEL_NAME, T5_NAME, ella, load_script, payload, run
 
 from ella_ext.discovery import KNOWN_ELLA, KNOWN_T5
 from ella_ext.downloads import DownloadManager
 from ella_ext.hub import ELLA_FILE
 from ella_ext.model_setup import ModelSetup
-
-
-@pytest.fixture
-def hub(released):
-    with HubServer() as server:
-        for path, data in released.items():
-            server.add(path, data)
-        yield server
 
 
 @pytest.fixture

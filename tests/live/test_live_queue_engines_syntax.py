@@ -14,17 +14,12 @@ import time
 import pytest
 from live_env import MODEL, T5
 from test_live_api import call, ella, txt2img
-from test_live_companions import STEPS, ella_rows, positive, recorded, require
+from test_live_companions import STEPS, ella_rows, positive, probe, recorded, require  # noqa: F401  (probe)
 
 PROMPT = "a red cube on a glossy table"
 
 
-@pytest.fixture(autouse=True)
-def probe():
-    status, _ = call("/ella-probe/v1/reset", {})
-    if status == 404:
-        pytest.skip("link tests/live/probe_extension into the WebUI's extensions folder to run these")
-    yield
+pytestmark = pytest.mark.usefixtures("probe")
 
 
 def each_call_is_ella(calls, texts_by_step):
