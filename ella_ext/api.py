@@ -207,6 +207,13 @@ def register_routes(
     app.include_router(router)
 
 
+def json_body(model) -> dict:
+    """The OpenAPI request body of a route that reads its JSON itself (after the credentials): `model`'s schema
+    (pydantic 2; pydantic 1 documents none)."""
+    schema = model.model_json_schema() if hasattr(model, "model_json_schema") else {}
+    return {"requestBody": {"content": {"application/json": {"schema": schema}}}}
+
+
 def _token_route(router, counter: "TokenCounter", read_model) -> None:
     """POST /tokens on ELLA's router (and so behind its credentials check)."""
     from fastapi import HTTPException, Request
@@ -226,17 +233,7 @@ def _token_route(router, counter: "TokenCounter", read_model) -> None:
 
     @router.post(
         "/tokens",
-        openapi_extra={
-            "requestBody": {
-                "content": {
-                    "application/json": {
-                        "schema": TokensRequest.model_json_schema()
-                        if hasattr(TokensRequest, "model_json_schema")
-                        else {}
-                    }
-                }
-            }
-        },
+        openapi_extra=json_body(TokensRequest),
     )
     async def count_tokens(request: Request):
         body = await read_model(request, TokensRequest)
@@ -270,17 +267,7 @@ def _expand_route(router, expand: Callable[..., Any], read_model) -> None:
 
     @router.post(
         "/expand",
-        openapi_extra={
-            "requestBody": {
-                "content": {
-                    "application/json": {
-                        "schema": ExpandRequest.model_json_schema()
-                        if hasattr(ExpandRequest, "model_json_schema")
-                        else {}
-                    }
-                }
-            }
-        },
+        openapi_extra=json_body(ExpandRequest),
     )
     async def expand_prompt(request: Request):
         body = await read_model(request, ExpandRequest)
